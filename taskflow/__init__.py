@@ -1,0 +1,51 @@
+"""taskflow: an asyncio-native distributed task queue."""
+
+from taskflow._urls import broker_from_env, broker_from_url
+from taskflow.actor import Actor
+from taskflow.broker import Broker, DeadLetter, Delivery, JoinTimeout, QueueStats
+from taskflow.errors import (
+    ActorNotFound,
+    BrokerError,
+    BrokerUnavailable,
+    DecodeError,
+    InvalidArguments,
+    LeaseLost,
+    MessageTooLarge,
+    Reject,
+    ResultFailed,
+    ResultTimeout,
+    Retry,
+    TaskflowError,
+    TimeLimitExceeded,
+)
+from taskflow.message import Message
+from taskflow.middleware import Middleware, current_message
+from taskflow.worker import Worker
+
+__all__ = [
+    "Actor",
+    "ActorNotFound",
+    "Broker",
+    "BrokerError",
+    "BrokerUnavailable",
+    "DeadLetter",
+    "DecodeError",
+    "Delivery",
+    "InvalidArguments",
+    "JoinTimeout",
+    "LeaseLost",
+    "Message",
+    "MessageTooLarge",
+    "Middleware",
+    "QueueStats",
+    "Reject",
+    "ResultFailed",
+    "ResultTimeout",
+    "Retry",
+    "TaskflowError",
+    "TimeLimitExceeded",
+    "Worker",
+    "broker_from_env",
+    "broker_from_url",
+    "current_message",
+]

@@ -1,0 +1,547 @@
+"""The broker: the user's hub, and the contract every transport keeps.
+
+:class:`Broker` holds the actor registry, the middleware and the codec. Its
+public methods do the shared bookkeeping (encoding, size limits, delivery
+limits, dead-lettering bad input) and call small ``_``-prefixed hooks that a
+transport subclass implements. The hooks know nothing about actors or
+middleware; they move bytes.
+
+The contract, kept by every broker and checked by ``tests/brokers/``:
+
+* At-least-once: a message leaves the broker only when acked. A consumer that
+  dies loses nothing; its messages come back within a bounded time.
+* Each message has a server-side delivery count; past ``max_deliveries`` it is
+  dead-lettered with reason ``delivery_limit_exceeded``.
+* ``send`` returns only once the server holds the message.
+* Delayed messages become ready at their time, never before.
+* Within a queue, higher ``priority`` is delivered first.
+* Dead letters keep the raw body and the reason for ``dead_letter_ttl`` seconds.
+* Closing a ``_consume`` iterator hands back every receipt it fetched but did
+  not yield.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import aclosing
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Literal,
+    NamedTuple,
+    ParamSpec,
+    Protocol,
+    Self,
+    TypeVar,
+    overload,
+)
+
+import anyio
+import msgspec
+
+from taskflow.errors import BrokerError, DecodeError, MessageTooLarge, ResultsNotConfigured
+from taskflow.message import Codec, Message, utcnow
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from taskflow.actor import Actor
+    from taskflow.middleware import Middleware
+    from taskflow.results import ResultBackend
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+logger = logging.getLogger("taskflow.broker")
+
+DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
+DEFAULT_DEAD_LETTER_TTL = 7 * 24 * 3600.0
+
+
+class JoinTimeout(BrokerError, TimeoutError):
+    """``Broker.join`` gave up before the queue drained."""
+
+
+class QueueStats(NamedTuple):
+    """Message counts of one queue."""
+
+    ready: int
+    delayed: int
+    in_flight: int
+    dead: int
+
+
+class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
+    """A dead-lettered message: the decoded message when it decodes, the raw body always."""
+
+    id: str
+    message: Message[Any] | None
+    body: bytes
+    reason: str
+    dead_at: dt.datetime
+
+
+class Envelope(NamedTuple):
+    """An encoded message ready for a transport's ``_enqueue``."""
+
+    id: str
+    body: bytes
+    priority: int
+    delay: float  # seconds from now, judged by the server's clock; 0 means ready
+
+
+class DeadRecord(NamedTuple):
+    """A dead letter as a transport stores it."""
+
+    id: str
+    body: bytes
+    reason: str
+    dead_at: float  # unix time
+
+
+class Receipt(ABC):
+    """A transport's handle on one fetched message.
+
+    ``message_id`` is the transport's id for the stored message (the message's
+    own id for everything taskflow wrote), ``delivery_count`` the server-side
+    count including this delivery.
+    """
+
+    __slots__ = ("body", "delivery_count", "message_id")
+
+    def __init__(self, message_id: str, body: bytes, delivery_count: int) -> None:
+        self.message_id = message_id
+        self.body = body
+        self.delivery_count = delivery_count
+
+    @abstractmethod
+    async def ack(self) -> None:
+        """Remove the message for good. Raises ``LeaseLost`` if the lease expired."""
+
+    @abstractmethod
+    async def dead_letter(self, reason: str) -> None:
+        """Move the message, as stored, to the queue's dead letters with ``reason``."""
+
+    @abstractmethod
+    async def retry(self, body: bytes, delay: float) -> None:
+        """Replace the message with ``body`` and make it ready after ``delay`` seconds.
+
+        The old delivery is settled and the new body stored in one atomic step.
+        """
+
+    @abstractmethod
+    async def requeue(self) -> None:
+        """Return the message unchanged, ready at once, without counting a retry."""
+
+
+class Delivery:
+    """One message handed to a consumer, with the means to settle it.
+
+    Attributes:
+        message: The decoded message.
+        queue: The queue it came from.
+        settled: Whether ``ack``, ``nack``, ``retry`` or ``requeue`` was called.
+    """
+
+    __slots__ = ("_broker", "_receipt", "message", "queue", "settled")
+
+    def __init__(self, broker: Broker, queue: str, message: Message[Any], receipt: Receipt) -> None:
+        self._broker = broker
+        self._receipt = receipt
+        self.message = message
+        self.queue = queue
+        self.settled = False
+
+    @property
+    def delivery_count(self) -> int:
+        """How many times the server has delivered this message, this time included."""
+        return self._receipt.delivery_count
+
+    @property
+    def redelivered(self) -> bool:
+        """Whether the message was delivered before (after a crash, shutdown or lost lease)."""
+        return self._receipt.delivery_count > 1
+
+    async def ack(self) -> None:
+        """Acknowledge the message: it is done and leaves the broker."""
+        if not self.settled:
+            self.settled = True
+            await self._receipt.ack()
+
+    async def nack(self, reason: str) -> None:
+        """Send the message to dead letters with ``reason``."""
+        if not self.settled:
+            self.settled = True
+            await self._receipt.dead_letter(reason)
+
+    async def retry(self, delay: float = 0.0) -> None:
+        """Schedule the message again after ``delay`` seconds with its retry count raised."""
+        if not self.settled:
+            self.settled = True
+            eta = utcnow() + dt.timedelta(seconds=delay) if delay > 0 else None
+            message = msgspec.structs.replace(
+                self.message, retries=self.message.retries + 1, eta=eta
+            )
+            await self._receipt.retry(self._broker.codec.encode(message), max(delay, 0.0))
+
+    async def requeue(self) -> None:
+        """Hand the message back unchanged (shutdown, cancellation); no retry is counted."""
+        if not self.settled:
+            self.settled = True
+            await self._receipt.requeue()
+
+
+class _ActorDecorator(Protocol):
+    @overload
+    def __call__(self, fn: Callable[P, Awaitable[R]], /) -> Actor[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> Actor[P, R]: ...
+
+
+def seconds(value: float | dt.timedelta) -> float:
+    """Return a duration in seconds from a float or a ``timedelta``."""
+    return value.total_seconds() if isinstance(value, dt.timedelta) else float(value)
+
+
+class Broker(ABC):
+    """Base class of every broker: actor registry, middleware, codec and the contract.
+
+    Args:
+        middleware: The middleware stack; ``None`` means the default one
+            (age limit, time limit, retries, results when enabled, callbacks,
+            current message).
+        codec: ``"json"`` (default) or ``"msgpack"``.
+        max_message_size: Largest encoded message accepted, in bytes.
+        max_deliveries: Deliveries after which a message is dead-lettered.
+        dead_letter_ttl: Seconds dead letters are kept.
+        results: ``True`` to keep results on this broker's own store, or a
+            result backend object.
+    """
+
+    def __init__(
+        self,
+        *,
+        middleware: Sequence[Middleware] | None = None,
+        codec: Literal["json", "msgpack"] = "json",
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        max_deliveries: int = 20,
+        dead_letter_ttl: float | dt.timedelta = DEFAULT_DEAD_LETTER_TTL,
+        results: bool | ResultBackend | None = None,
+    ) -> None:
+        from taskflow.middleware import default_middleware
+
+        self.codec = Codec(codec)
+        self.max_message_size = max_message_size
+        self.max_deliveries = max_deliveries
+        self.dead_letter_ttl = seconds(dead_letter_ttl)
+        self.actors: dict[str, Actor[Any, Any]] = {}
+        self.results: ResultBackend | None = self._results_backend(results)
+        stack = list(middleware) if middleware is not None else default_middleware()
+        if self.results is not None:
+            from taskflow.middleware import Results, Retries
+
+            if not any(isinstance(m, Results) for m in stack):
+                # Outside retries, so that only final outcomes are stored.
+                at = next((i for i, m in enumerate(stack) if isinstance(m, Retries)), len(stack))
+                stack.insert(at, Results(self.results))
+        self.middleware: tuple[Middleware, ...] = tuple(stack)
+        self._connected = False
+        self._connect_lock: anyio.Lock | None = None
+
+    # -- actors -------------------------------------------------------------
+
+    @property
+    def actor_options(self) -> frozenset[str]:
+        """Every actor option that this broker's middleware accepts."""
+        names: set[str] = set()
+        for m in self.middleware:
+            names |= m.actor_options
+        return frozenset(names)
+
+    @overload
+    def actor(self, fn: Callable[P, Awaitable[R]], /) -> Actor[P, R]: ...
+    @overload
+    def actor(self, fn: Callable[P, R], /) -> Actor[P, R]: ...
+    @overload
+    def actor(
+        self,
+        /,
+        *,
+        name: str | None = None,
+        queue: str = "default",
+        priority: int = 0,
+        **options: Any,
+    ) -> _ActorDecorator: ...
+
+    def actor(
+        self,
+        fn: Callable[..., Any] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str = "default",
+        priority: int = 0,
+        **options: Any,
+    ) -> Any:
+        """Declare an actor: ``@broker.actor`` or ``@broker.actor(queue=..., max_retries=...)``.
+
+        Raises:
+            TypeError: An option no middleware of this broker accepts.
+            ValueError: An actor of the same name is already declared.
+        """
+        from taskflow.actor import Actor
+
+        def decorate(fn: Callable[..., Any]) -> Actor[Any, Any]:
+            actor: Actor[Any, Any] = Actor(
+                fn, broker=self, name=name, queue=queue, priority=priority, options=options
+            )
+            if actor.name in self.actors:
+                raise ValueError(f"an actor named {actor.name!r} is already declared")
+            self.actors[actor.name] = actor
+            return actor
+
+        return decorate(fn) if fn is not None else decorate
+
+    def get_actor(self, name: str) -> Actor[Any, Any] | None:
+        """Return the actor declared under ``name``, if any."""
+        return self.actors.get(name)
+
+    @property
+    def queues(self) -> list[str]:
+        """The queues of the declared actors, sorted."""
+        return sorted({a.queue for a in self.actors.values()})
+
+    # -- lifecycle ----------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Connect to the server (idempotent; ``send`` does it lazily)."""
+        if self._connected:
+            return
+        if self._connect_lock is None:
+            self._connect_lock = anyio.Lock()
+        async with self._connect_lock:
+            if not self._connected:
+                await self._connect()
+                if self.results is not None:
+                    await self.results.connect(self)
+                self._connected = True
+
+    async def close(self) -> None:
+        """Close connections; the broker may be connected again later."""
+        if self._connected:
+            self._connected = False
+            if self.results is not None:
+                await self.results.close()
+            await self._close()
+
+    async def aclose(self) -> None:
+        """Same as :meth:`close`."""
+        await self.close()
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- producing ----------------------------------------------------------
+
+    async def enqueue(self, messages: Sequence[Message[Any]]) -> None:
+        """Encode ``messages`` and hand them to the server in one batch.
+
+        Raises:
+            MessageTooLarge: A message is over ``max_message_size``; nothing is sent.
+            BrokerUnavailable: The server could not be reached.
+        """
+        if not messages:
+            return
+        by_queue: dict[str, list[Envelope]] = {}
+        now = utcnow()
+        for message in messages:
+            for m in self.middleware:
+                message = await m.before_enqueue(self, message)
+            body = self.codec.encode(message)
+            if len(body) > self.max_message_size:
+                raise MessageTooLarge(len(body), self.max_message_size)
+            delay = (message.eta - now).total_seconds() if message.eta is not None else 0.0
+            envelope = Envelope(message.id, body, message.priority, max(delay, 0.0))
+            by_queue.setdefault(message.queue, []).append(envelope)
+        await self.connect()
+        for queue, envelopes in by_queue.items():
+            await self._enqueue(queue, envelopes)
+
+    # -- consuming ----------------------------------------------------------
+
+    async def consume(self, queue: str, *, prefetch: int = 1) -> AsyncIterator[Delivery]:
+        """Yield deliveries from ``queue``, fetching up to ``prefetch`` at a time.
+
+        Bad input never reaches the caller: bodies over the size limit,
+        undecodable bodies and messages past ``max_deliveries`` go to dead
+        letters with their reason and a warning.
+        """
+        await self.connect()
+        async with aclosing(self._consume(queue, max(prefetch, 1))) as receipts:
+            async for receipt in receipts:
+                delivery = await self._accept(queue, receipt)
+                if delivery is not None:
+                    yield delivery
+
+    async def _accept(self, queue: str, receipt: Receipt) -> Delivery | None:
+        size = len(receipt.body)
+        if size > self.max_message_size:
+            reason = f"too_large: {size} bytes over the limit of {self.max_message_size}"
+        elif receipt.delivery_count > self.max_deliveries:
+            reason = f"delivery_limit_exceeded: delivered {receipt.delivery_count} times"
+        else:
+            try:
+                message = self.codec.decode(receipt.body)
+            except DecodeError as exc:
+                reason = exc.reason
+            else:
+                return Delivery(self, queue, message.bind(self), receipt)
+        logger.warning(
+            "dead-lettering message %s from queue %s (%d bytes, sha256 %s): %s",
+            receipt.message_id,
+            queue,
+            size,
+            hashlib.sha256(receipt.body).hexdigest()[:16],
+            reason.split(":", 1)[0],
+        )
+        await receipt.dead_letter(reason)
+        return None
+
+    # -- inspection ---------------------------------------------------------
+
+    async def stats(self, queue: str) -> QueueStats:
+        """Return the counts of ``queue``: ready, delayed, in flight and dead."""
+        await self.connect()
+        return await self._stats(queue)
+
+    async def dead_letters(self, queue: str, *, limit: int = 100) -> list[DeadLetter]:
+        """Return up to ``limit`` dead letters of ``queue``, oldest first."""
+        await self.connect()
+        letters = []
+        for record in await self._dead_letters(queue, limit):
+            try:
+                message: Message[Any] | None = self.codec.decode(record.body)
+            except DecodeError:
+                message = None
+            letters.append(
+                DeadLetter(
+                    id=record.id,
+                    message=message,
+                    body=record.body,
+                    reason=record.reason,
+                    dead_at=dt.datetime.fromtimestamp(record.dead_at, dt.UTC),
+                )
+            )
+        return letters
+
+    async def requeue_dead(self, queue: str, ids: Iterable[str] | None = None) -> int:
+        """Move dead letters (all, or those with ``ids``) back to the queue; return how many."""
+        await self.connect()
+        return await self._requeue_dead(queue, None if ids is None else list(ids))
+
+    async def purge(self, queue: str) -> int:
+        """Delete the ready and delayed messages of ``queue``; return how many."""
+        await self.connect()
+        return await self._purge(queue)
+
+    async def purge_dead(self, queue: str) -> int:
+        """Delete the dead letters of ``queue``; return how many."""
+        await self.connect()
+        return await self._purge_dead(queue)
+
+    async def join(self, queue: str, *, timeout: float | dt.timedelta | None = None) -> None:
+        """Wait until ``queue`` has nothing ready, delayed or in flight.
+
+        Raises:
+            JoinTimeout: ``timeout`` seconds passed first.
+        """
+        limit = None if timeout is None else seconds(timeout)
+        interval = 0.005
+        with anyio.move_on_after(limit) as scope:
+            while True:
+                s = await self.stats(queue)
+                if s.ready == 0 and s.delayed == 0 and s.in_flight == 0:
+                    return
+                await anyio.sleep(interval)
+                interval = min(interval * 1.5, 0.1)
+        if scope.cancelled_caught:
+            raise JoinTimeout(f"queue {queue!r} did not drain within {limit} s")
+
+    async def known_queues(self) -> list[str]:
+        """Queues the server knows of, with the declared actors' queues."""
+        await self.connect()
+        return sorted(set(await self._known_queues()) | set(self.queues))
+
+    # -- results ------------------------------------------------------------
+
+    def _results_backend(self, results: bool | ResultBackend | None) -> ResultBackend | None:
+        if results is True:
+            return self._default_results()
+        if results is False or results is None:
+            return None
+        return results
+
+    def _default_results(self) -> ResultBackend:
+        """The backend ``results=True`` means for this broker; override per transport."""
+        raise TypeError(f"{type(self).__name__} has no built-in result store; pass a backend")
+
+    async def get_result(
+        self, message: Message[Any], *, timeout: float | dt.timedelta | None
+    ) -> Any:
+        """Wait for ``message``'s result; see :meth:`Message.result`."""
+        if self.results is None:
+            raise ResultsNotConfigured(f"{type(self).__name__} was built without results=")
+        await self.connect()
+        return await self.results.wait(
+            message, timeout=None if timeout is None else seconds(timeout)
+        )
+
+    # -- transport hooks ----------------------------------------------------
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> Self:
+        """Build the broker from a URL (see ``taskflow.broker_from_url``)."""
+        raise TypeError(f"{cls.__name__} cannot be built from a URL")
+
+    @abstractmethod
+    async def _connect(self) -> None: ...
+
+    @abstractmethod
+    async def _close(self) -> None: ...
+
+    @abstractmethod
+    async def _enqueue(self, queue: str, envelopes: Sequence[Envelope]) -> None: ...
+
+    @abstractmethod
+    def _consume(self, queue: str, prefetch: int) -> AsyncGenerator[Receipt, None]: ...
+
+    @abstractmethod
+    async def _stats(self, queue: str) -> QueueStats: ...
+
+    @abstractmethod
+    async def _dead_letters(self, queue: str, limit: int) -> list[DeadRecord]: ...
+
+    @abstractmethod
+    async def _requeue_dead(self, queue: str, ids: list[str] | None) -> int: ...
+
+    @abstractmethod
+    async def _purge(self, queue: str) -> int: ...
+
+    @abstractmethod
+    async def _purge_dead(self, queue: str) -> int: ...
+
+    async def _known_queues(self) -> list[str]:
+        return []

@@ -1,0 +1,107 @@
+"""The exception tree of taskflow.
+
+::
+
+    TaskflowError
+    ├── BrokerError
+    │   ├── BrokerUnavailable      the server could not be reached after bounded retries
+    │   ├── LeaseLost              a late ack or retry from a worker whose lease expired
+    │   └── MessageTooLarge        an encoded message over the broker's size limit
+    ├── DecodeError                bytes that are not a valid message (keeps the raw bytes)
+    ├── ActorNotFound              a message for an actor this broker does not know
+    ├── InvalidArguments           arguments that do not fit the actor's signature
+    ├── MiddlewareError            a middleware hook failed where failure aborts start
+    ├── ResultFailed               the actor failed; carries the remote type, message, traceback
+    ├── ResultTimeout              no result within the timeout
+    ├── ResultsNotConfigured       result() on a broker without a result backend
+    ├── TimeLimitExceeded          an actor ran past its time limit
+    └── signals raised by actors to steer their message:
+        ├── Retry                  retry later (optionally after ``delay`` seconds)
+        └── Reject                 send the message straight to dead letters
+"""
+
+from __future__ import annotations
+
+
+class TaskflowError(Exception):
+    """Base class of every error taskflow raises."""
+
+
+class BrokerError(TaskflowError):
+    """A broker operation failed."""
+
+
+class BrokerUnavailable(BrokerError):
+    """The broker's server could not be reached after a bounded number of attempts."""
+
+
+class LeaseLost(BrokerError):
+    """An ack or retry was refused because this worker no longer holds the message's lease."""
+
+
+class MessageTooLarge(BrokerError):
+    """An encoded message is larger than the broker's ``max_message_size``."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"message of {size} bytes exceeds the limit of {limit} bytes")
+        self.size = size
+        self.limit = limit
+
+
+class DecodeError(TaskflowError):
+    """Bytes that could not be decoded into a message; ``data`` keeps them."""
+
+    def __init__(self, reason: str, data: bytes) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.data = data
+
+
+class ActorNotFound(TaskflowError):
+    """A message names an actor that is not declared on this broker."""
+
+
+class InvalidArguments(TaskflowError):
+    """A message's arguments do not fit its actor's signature."""
+
+
+class MiddlewareError(TaskflowError):
+    """A middleware hook failed where failure must abort (for example on startup)."""
+
+
+class TimeLimitExceeded(TaskflowError):
+    """An actor ran longer than its ``time_limit``."""
+
+
+class ResultsNotConfigured(TaskflowError):
+    """Results were requested from a broker built without ``results=``."""
+
+
+class ResultTimeout(TaskflowError):
+    """No result arrived within the timeout."""
+
+
+class ResultFailed(TaskflowError):
+    """The actor failed for good; the remote exception is described, never re-created."""
+
+    def __init__(self, type_name: str, message: str, traceback: str) -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+        self.traceback = traceback
+
+
+class Retry(TaskflowError):
+    """Raised by an actor to be retried, after ``delay`` seconds if given.
+
+    A retry asked for this way is logged without a traceback and counts
+    against ``max_retries`` like any other.
+    """
+
+    def __init__(self, delay: float | None = None) -> None:
+        super().__init__(f"retry requested (delay={delay})")
+        self.delay = delay
+
+
+class Reject(TaskflowError):
+    """Raised by an actor to send its message straight to dead letters."""

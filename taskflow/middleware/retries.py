@@ -1,0 +1,122 @@
+"""Retry failed messages with exponential backoff; dead-letter them when exhausted."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from typing import Any
+
+from taskflow.broker import seconds
+from taskflow.errors import Reject, Retry
+from taskflow.middleware.base import CallNext, Context, Middleware
+
+logger = logging.getLogger("taskflow.middleware.retries")
+
+DEFAULT_MAX_RETRIES = 20
+DEFAULT_MIN_BACKOFF = 15.0
+DEFAULT_MAX_BACKOFF = 7 * 24 * 3600.0
+_REASON_LIMIT = 500
+
+
+def describe(exc: BaseException) -> str:
+    """Return ``Type: message``, capped, for dead-letter reasons and results."""
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= _REASON_LIMIT else text[: _REASON_LIMIT - 3] + "..."
+
+
+def backoff(retries: int, min_backoff: float, max_backoff: float) -> float:
+    """Exponential backoff for the ``retries``-th retry, with jitter, in seconds."""
+    ceiling = min(max_backoff, min_backoff * 2 ** min(retries, 64))
+    return random.uniform(min(min_backoff, ceiling), ceiling)
+
+
+class Retries(Middleware):
+    """Settle failed messages: retry with backoff, or dead-letter with the reason.
+
+    Options (per actor, or per message): ``max_retries``, ``min_backoff``,
+    ``max_backoff``, ``retry_when(retries, exc) -> bool`` (replaces
+    ``max_retries`` when given) and ``throws`` (exception types that never
+    retry). An actor may raise :class:`taskflow.Retry` to be retried without
+    an error log, or :class:`taskflow.Reject` to go straight to dead letters.
+
+    After settling, the exception is raised again so outer middleware
+    (results, callbacks) can see it; ``ctx.outcome`` tells whether it will
+    run again (``"retry"``) or not (``"dead"``).
+    """
+
+    actor_options = frozenset({"max_retries", "min_backoff", "max_backoff", "retry_when", "throws"})
+
+    def __init__(
+        self,
+        *,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        min_backoff: float = DEFAULT_MIN_BACKOFF,
+        max_backoff: float = DEFAULT_MAX_BACKOFF,
+    ) -> None:
+        self.max_retries = max_retries
+        self.min_backoff = min_backoff
+        self.max_backoff = max_backoff
+
+    async def process(self, ctx: Context, call_next: CallNext) -> Any:
+        """Run the rest of the stack; on failure retry or dead-letter the message."""
+        try:
+            return await call_next(ctx)
+        except Exception as exc:
+            ctx.error = exc
+            await self._settle(ctx, exc)
+            raise
+
+    def _should_retry(self, ctx: Context, exc: Exception) -> bool:
+        if isinstance(exc, Reject):
+            return False
+        throws = ctx.option("throws")
+        if throws and isinstance(exc, throws):
+            return False
+        retries = ctx.message.retries
+        retry_when: Callable[[int, Exception], bool] | None = ctx.option("retry_when")
+        if retry_when is not None:
+            return bool(retry_when(retries, exc))
+        max_retries: int = ctx.option("max_retries", self.max_retries)
+        return retries < max_retries
+
+    async def _settle(self, ctx: Context, exc: Exception) -> None:
+        m = ctx.message
+        if not self._should_retry(ctx, exc):
+            ctx.outcome = "dead"
+            if isinstance(exc, Reject):
+                reason = f"rejected: {exc}"
+            elif ctx.option("throws") and isinstance(exc, ctx.option("throws")):
+                reason = f"failed: {describe(exc)}"
+            else:
+                reason = f"max_retries_exceeded: {describe(exc)} after {m.retries + 1} attempts"
+            logger.error(
+                "message %s for %s on %s failed for good: %s",
+                m.id,
+                m.actor,
+                m.queue,
+                reason,
+                exc_info=not isinstance(exc, Reject),
+            )
+            await ctx.delivery.nack(reason)
+            return
+        if isinstance(exc, Retry) and exc.delay is not None:
+            delay = seconds(exc.delay)
+        else:
+            delay = backoff(
+                m.retries,
+                seconds(ctx.option("min_backoff", self.min_backoff)),
+                seconds(ctx.option("max_backoff", self.max_backoff)),
+            )
+        ctx.outcome = "retry"
+        logger.warning(
+            "message %s for %s on %s failed (%s); retry %d in %.2f s",
+            m.id,
+            m.actor,
+            m.queue,
+            describe(exc),
+            m.retries + 1,
+            delay,
+            exc_info=not isinstance(exc, Retry),
+        )
+        await ctx.delivery.retry(delay)

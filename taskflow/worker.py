@@ -1,0 +1,316 @@
+"""The worker: consumers, bounded concurrency, thread offload and graceful shutdown.
+
+One anyio task group holds everything. A consumer task per queue pulls
+deliveries from the broker and hands them, one at a time, to a fixed set of
+``concurrency`` processor tasks through an unbuffered stream, so at most
+``concurrency`` messages run at once and a consumer fetches only when a
+processor is free to take its next message. Async actors run on the loop;
+sync actors run in a thread pool of ``threads`` threads.
+
+Shutdown (``stop()``): consumers stop fetching and hand back what they
+prefetched; running messages get ``shutdown_timeout`` seconds to finish; then
+the rest are cancelled (sync actors get ``WorkerShutdown`` raised in their
+thread) and requeued, neither dead-lettered nor counted as a retry.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Self
+
+import anyio
+from anyio.abc import TaskStatus
+
+from taskflow.errors import BrokerError, InvalidArguments, LeaseLost, TaskflowError
+from taskflow.middleware import Context, build_stack
+from taskflow.middleware.retries import describe
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+    from taskflow.broker import Broker, Delivery
+
+logger = logging.getLogger("taskflow.worker")
+
+
+class WorkerShutdown(TaskflowError):
+    """Raised inside a sync actor's thread when the worker gives up waiting for it."""
+
+
+class _ThreadCall:
+    """Runs one sync actor call in a pool thread and can raise into that thread."""
+
+    __slots__ = ("_ident", "_lock", "args", "fn", "kwargs")
+
+    def __init__(self, fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> None:
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        self._ident: int | None = None
+        self._lock = threading.Lock()
+
+    def run(self) -> Any:
+        with self._lock:
+            self._ident = threading.get_ident()
+        try:
+            return self.fn(*self.args, **self.kwargs)
+        finally:
+            with self._lock:
+                self._ident = None
+
+    def interrupt(self, exc_type: type[BaseException]) -> None:
+        with self._lock:
+            if self._ident is not None:
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                    ctypes.c_ulong(self._ident), ctypes.py_object(exc_type)
+                )
+
+
+class Worker:
+    """Processes messages from a broker's queues inside the running event loop.
+
+    Args:
+        broker: The broker whose actors to run.
+        queues: Queues to consume; default: the queues of all declared actors.
+        concurrency: Most messages in flight at once in this process.
+        threads: Threads for sync actors.
+        prefetch: Messages a consumer fetches per round trip (default: up to
+            ``concurrency``, at most 256).
+        shutdown_timeout: Seconds running messages get to finish on ``stop()``.
+
+    Attributes:
+        processed: Messages settled as done since start.
+        failed: Messages that raised (retried or dead-lettered) since start.
+    """
+
+    def __init__(
+        self,
+        broker: Broker,
+        queues: Sequence[str] | None = None,
+        *,
+        concurrency: int = 100,
+        threads: int = 8,
+        prefetch: int | None = None,
+        shutdown_timeout: float = 30.0,
+    ) -> None:
+        if concurrency < 1 or threads < 1:
+            raise ValueError("concurrency and threads must be at least 1")
+        self.broker = broker
+        self.queues = list(queues) if queues else None
+        self.concurrency = concurrency
+        self.threads = threads
+        self.prefetch = prefetch or min(concurrency, 256)
+        self.shutdown_timeout = shutdown_timeout
+        self.worker_id = f"{os.getpid()}-{id(self):x}"
+        self.processed = 0
+        self.failed = 0
+        self._stop_requested = False
+        self._stopping: anyio.Event | None = None
+        self._running: set[_ThreadCall] = set()
+        self._limiter: anyio.CapacityLimiter | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._busy = 0
+        self._idle: anyio.Event | None = None
+        self._stack = build_stack(broker.middleware, self._call_actor)
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the worker to shut down gracefully; ``run()`` returns when it has."""
+        self._stop_requested = True
+        if self._stopping is not None:
+            self._stopping.set()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run until :meth:`stop` is called or the task is cancelled."""
+        self._stopping = anyio.Event()
+        if self._stop_requested:
+            self._stopping.set()
+        self._limiter = anyio.CapacityLimiter(self.threads)
+        await self.broker.connect()
+        queues = self.queues or self.broker.queues or ["default"]
+        for m in self.broker.middleware:
+            await m.on_startup(self)
+        logger.info(
+            "worker %s consuming %s (concurrency %d, threads %d)",
+            self.worker_id,
+            ", ".join(queues),
+            self.concurrency,
+            self.threads,
+        )
+        try:
+            await self._serve(queues, task_status)
+        finally:
+            await self._shutdown_middleware()
+            logger.info("worker %s stopped", self.worker_id)
+
+    async def _serve(self, queues: list[str], task_status: TaskStatus[None]) -> None:
+        assert self._stopping is not None
+        send, receive = anyio.create_memory_object_stream["Delivery"](0)
+        async with anyio.create_task_group() as processors:
+            for _ in range(self.concurrency):
+                processors.start_soon(self._process_loop, receive.clone())
+            receive.close()
+            async with send, anyio.create_task_group() as consumers:
+                for queue in queues:
+                    consumers.start_soon(self._consume, queue, send.clone())
+                task_status.started()
+                await self._stopping.wait()
+                consumers.cancel_scope.cancel()
+            # Consumers are gone and the stream is closed: processors finish
+            # what they run, then leave their loops.
+            with anyio.move_on_after(self.shutdown_timeout) as grace:
+                await self._wait_idle()
+            if grace.cancelled_caught:
+                logger.warning(
+                    "worker %s: shutdown timeout of %.1f s passed; requeueing running messages",
+                    self.worker_id,
+                    self.shutdown_timeout,
+                )
+                for call in list(self._running):
+                    call.interrupt(WorkerShutdown)
+                processors.cancel_scope.cancel()
+
+    async def _wait_idle(self) -> None:
+        assert self._stopping is not None
+        self._idle = anyio.Event()
+        if self._busy == 0:
+            return
+        await self._idle.wait()
+
+    async def _shutdown_middleware(self) -> None:
+        with anyio.CancelScope(shield=True):
+            for m in reversed(self.broker.middleware):
+                try:
+                    await m.on_shutdown(self)
+                except Exception:
+                    logger.exception("middleware %s failed on shutdown", type(m).__name__)
+
+    async def __aenter__(self) -> Self:
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        await self._tg.start(self._run_then_release)
+        return self
+
+    async def _run_then_release(self, *, task_status: TaskStatus[None]) -> None:
+        await self.run(task_status=task_status)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        self.stop()
+        assert self._tg is not None
+        return await self._tg.__aexit__(exc_type, exc, tb)
+
+    # -- consuming ----------------------------------------------------------
+
+    async def _consume(self, queue: str, send: MemoryObjectSendStream[Delivery]) -> None:
+        async with send:
+            while True:
+                try:
+                    async for delivery in self.broker.consume(queue, prefetch=self.prefetch):
+                        try:
+                            await send.send(delivery)
+                        except anyio.get_cancelled_exc_class():
+                            with anyio.CancelScope(shield=True):
+                                await self._settle_quietly(delivery.requeue)
+                            raise
+                    return
+                except BrokerError as exc:
+                    # Transports reconnect by themselves; this is the last line of defence.
+                    logger.error("consumer of %s failed (%s); restarting it in 1 s", queue, exc)
+                    await anyio.sleep(1.0)
+
+    async def _process_loop(self, receive: MemoryObjectReceiveStream[Delivery]) -> None:
+        async with receive:
+            async for delivery in receive:
+                self._busy += 1
+                try:
+                    await self._handle(delivery)
+                finally:
+                    self._busy -= 1
+                    if self._busy == 0 and self._idle is not None:
+                        self._idle.set()
+
+    # -- processing: lookup → convert → run the stack → settle --------------
+
+    async def _handle(self, delivery: Delivery) -> None:
+        message = delivery.message
+        actor = self.broker.get_actor(message.actor)
+        if actor is None:
+            logger.warning(
+                "message %s on %s names unknown actor %.100r; dead-lettering",
+                message.id,
+                message.queue,
+                message.actor,
+            )
+            await self._settle_quietly(delivery.nack, f"unknown_actor: {message.actor[:100]}")
+            return
+        try:
+            args, kwargs = actor.params.convert(message.args, message.kwargs)
+        except InvalidArguments as exc:
+            logger.warning(
+                "message %s for %s on %s has invalid arguments; dead-lettering",
+                message.id,
+                actor.name,
+                message.queue,
+            )
+            await self._settle_quietly(delivery.nack, f"invalid_arguments: {exc}"[:500])
+            return
+        ctx = Context(self, delivery, actor, args, kwargs)
+        try:
+            ctx.result = await self._stack(ctx)
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                ctx.outcome = "requeue"
+                await self._settle_quietly(delivery.requeue)
+            raise
+        except Exception as exc:
+            self.failed += 1
+            if not delivery.settled:
+                logger.error(
+                    "message %s for %s on %s failed",
+                    message.id,
+                    actor.name,
+                    message.queue,
+                    exc_info=True,
+                )
+                await self._settle_quietly(delivery.nack, f"failed: {describe(exc)}")
+        else:
+            if not delivery.settled:
+                ctx.outcome = "ok"
+                await self._settle_quietly(delivery.ack)
+            self.processed += 1
+
+    async def _call_actor(self, ctx: Context) -> Any:
+        actor = ctx.actor
+        if actor.is_async:
+            return await actor.fn(*ctx.args, **ctx.kwargs)
+        call = _ThreadCall(actor.fn, ctx.args, ctx.kwargs)
+        ctx.interrupt = call.interrupt
+        self._running.add(call)
+        try:
+            return await anyio.to_thread.run_sync(
+                call.run, limiter=self._limiter, abandon_on_cancel=True
+            )
+        finally:
+            self._running.discard(call)
+            ctx.interrupt = None
+
+    async def _settle_quietly(self, settle: Callable[..., Any], *args: Any) -> None:
+        """Settle a delivery; a lost lease or connection is logged, never raised."""
+        try:
+            await settle(*args)
+        except LeaseLost as exc:
+            logger.warning("lease_lost: %s", exc)
+        except BrokerError as exc:
+            logger.warning("could not settle a message (%s); it will be redelivered", exc)
