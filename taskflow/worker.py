@@ -219,16 +219,25 @@ class Worker:
                 try:
                     async for delivery in self.broker.consume(queue, prefetch=self.prefetch):
                         try:
-                            await send.send(delivery)
-                        except anyio.get_cancelled_exc_class():
-                            with anyio.CancelScope(shield=True):
-                                await self._settle_quietly(delivery.requeue)
-                            raise
+                            # Hand over without a loop round trip when a processor waits.
+                            send.send_nowait(delivery)
+                        except anyio.WouldBlock:
+                            await self._send_or_requeue(send, delivery)
                     return
                 except BrokerError as exc:
                     # Transports reconnect by themselves; this is the last line of defence.
                     logger.error("consumer of %s failed (%s); restarting it in 1 s", queue, exc)
                     await anyio.sleep(1.0)
+
+    async def _send_or_requeue(
+        self, send: MemoryObjectSendStream[Delivery], delivery: Delivery
+    ) -> None:
+        try:
+            await send.send(delivery)
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                await self._settle_quietly(delivery.requeue)
+            raise
 
     async def _process_loop(self, receive: MemoryObjectReceiveStream[Delivery]) -> None:
         async with receive:

@@ -155,9 +155,8 @@ class MemoryBroker(Broker):
         q = self._queue(queue)
         self._promote(q)
         self._expire_dead(q)
-        ready = sum(1 for _, _, i in q.ready if i in q.messages)
-        delayed = sum(1 for _, _, i in q.delayed if i in q.messages)
-        return QueueStats(ready, delayed, len(q.in_flight), len(q.dead))
+        # Purging clears the heaps wholesale, so every entry in them is live.
+        return QueueStats(len(q.ready), len(q.delayed), len(q.in_flight), len(q.dead))
 
     async def _dead_letters(self, queue: str, limit: int) -> list[DeadRecord]:
         q = self._queue(queue)

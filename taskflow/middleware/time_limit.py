@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import anyio
-
 from taskflow.broker import seconds
 from taskflow.errors import TimeLimitExceeded
 from taskflow.middleware.base import CallNext, Context, Middleware
@@ -39,11 +37,15 @@ class TimeLimit(Middleware):
         limit = seconds(limit)
         if not ctx.actor.is_async:
             return await self._limit_thread(ctx, call_next, limit)
-        with anyio.CancelScope(deadline=anyio.current_time() + limit) as scope:
-            return await call_next(ctx)
-        if scope.cancelled_caught:
-            raise TimeLimitExceeded(f"{ctx.actor.name} ran over its time limit of {limit} s")
-        raise AssertionError("unreachable")  # pragma: no cover
+        try:
+            # asyncio.timeout is far cheaper per message than a full cancel scope,
+            # and cancellation from outside still passes through it untouched.
+            async with asyncio.timeout(limit):
+                return await call_next(ctx)
+        except TimeoutError as exc:
+            raise TimeLimitExceeded(
+                f"{ctx.actor.name} ran over its time limit of {limit} s"
+            ) from exc
 
     async def _limit_thread(self, ctx: Context, call_next: CallNext, limit: float) -> Any:
         def expire() -> None:
