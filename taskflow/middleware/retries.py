@@ -117,6 +117,7 @@ class Retries(Middleware):
             describe(exc),
             m.retries + 1,
             delay,
-            exc_info=not isinstance(exc, Retry),
+            # The first failure carries the traceback; repeats of it stay one line.
+            exc_info=m.retries == 0 and not isinstance(exc, Retry),
         )
         await ctx.delivery.retry(delay)
