@@ -365,11 +365,18 @@ class Broker(ABC):
         """
         if not messages:
             return
+        from taskflow.middleware import Middleware
+
+        hooks = [
+            m.before_enqueue
+            for m in self.middleware
+            if type(m).before_enqueue is not Middleware.before_enqueue
+        ]
         by_queue: dict[str, list[Envelope]] = {}
         now = utcnow()
         for message in messages:
-            for m in self.middleware:
-                message = await m.before_enqueue(self, message)
+            for hook in hooks:
+                message = await hook(self, message)
             body = self.codec.encode(message)
             if len(body) > self.max_message_size:
                 raise MessageTooLarge(len(body), self.max_message_size)
