@@ -27,6 +27,9 @@ def _memory(request: pytest.FixtureRequest, tmp_path: Path, options: dict[str, A
 
 FACTORIES: dict[str, Factory] = {
     "memory": _memory,
+    "sqlite": lambda request, tmp_path, options: __import__(
+        "taskflow.brokers.sqlite", fromlist=["SQLiteBroker"]
+    ).SQLiteBroker(tmp_path / "taskflow.sqlite3", **options),
 }
 
 

@@ -1,0 +1,449 @@
+"""SQLiteBroker and its receipts (see the package docstring for the design)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import socket
+import sqlite3
+import time
+import uuid
+from collections.abc import AsyncGenerator, Callable, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
+from urllib.parse import parse_qsl, urlsplit
+
+import anyio
+
+from taskflow.broker import Broker, DeadRecord, Envelope, QueueStats, Receipt
+from taskflow.brokers.sqlite import _sql as sql
+from taskflow.brokers.sqlite._database import Database, Ticker
+from taskflow.errors import LeaseLost
+
+if TYPE_CHECKING:
+    from taskflow.results import ResultBackend
+
+T = TypeVar("T")
+
+logger = logging.getLogger("taskflow.brokers.sqlite")
+
+_URL_FLOATS = frozenset(
+    {
+        "visibility_timeout",
+        "heartbeat_interval",
+        "reaper_interval",
+        "poll_interval",
+        "busy_timeout",
+        "dead_letter_ttl",
+    }
+)
+_URL_INTS = frozenset({"max_deliveries", "max_message_size"})
+
+
+class _Op:
+    """A settlement or send waiting for the next group commit."""
+
+    __slots__ = ("done", "error", "fn", "rowcount")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], int]) -> None:
+        self.fn = fn
+        self.done = anyio.Event()
+        self.error: BaseException | None = None
+        self.rowcount = 0
+
+
+class SQLiteBroker(Broker):
+    """A broker on one SQLite file, shared by producers and workers on one host.
+
+    Needs no server and nothing beyond the standard library. Messages are
+    leased to a worker for ``visibility_timeout`` seconds, renewed by a
+    heartbeat thread while the worker lives; a reaper returns the messages of
+    a dead worker within ``visibility_timeout + reaper_interval``.
+
+    Args:
+        path: The database file (created when missing).
+        visibility_timeout: Seconds a lease lasts without renewal.
+        heartbeat_interval: Seconds between lease renewals; default
+            ``visibility_timeout / 3``.
+        reaper_interval: Seconds between reaper runs; default
+            ``min(1, visibility_timeout / 4)``.
+        poll_interval: Longest wait between two checks of an idle queue.
+        busy_timeout: Seconds SQLite waits for another process's write lock
+            before a transaction is retried (up to three times as long in all).
+        synchronous: SQLite's ``synchronous`` pragma. ``"FULL"`` (default)
+            syncs every commit to disk, so a sent message survives a power
+            loss; ``"NORMAL"`` is faster and survives any crash of a process,
+            but may lose the last commits when the machine itself goes down.
+        **options: Passed to :class:`taskflow.Broker` (``max_deliveries``,
+            ``dead_letter_ttl``, ``results``, ...). ``results=True`` keeps
+            results in the same file.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] = "taskflow.sqlite3",
+        *,
+        visibility_timeout: float = 30.0,
+        heartbeat_interval: float | None = None,
+        reaper_interval: float | None = None,
+        poll_interval: float = 0.05,
+        busy_timeout: float = 10.0,
+        synchronous: Literal["FULL", "NORMAL"] = "FULL",
+        **options: Any,
+    ) -> None:
+        if visibility_timeout <= 0 or poll_interval <= 0 or busy_timeout <= 0:
+            raise ValueError("visibility_timeout, poll_interval and busy_timeout must be positive")
+        if synchronous not in ("FULL", "NORMAL"):
+            raise ValueError(f"synchronous must be 'FULL' or 'NORMAL', not {synchronous!r}")
+        self.path = os.path.abspath(os.fspath(path))
+        self.visibility_timeout = float(visibility_timeout)
+        self.heartbeat_interval = heartbeat_interval or self.visibility_timeout / 3
+        self.reaper_interval = reaper_interval or min(1.0, self.visibility_timeout / 4)
+        self.poll_interval = poll_interval
+        self.busy_timeout = busy_timeout
+        self.synchronous = synchronous
+        super().__init__(**options)
+        self.owner = ""
+        self._db = Database(self.path, busy_timeout, synchronous)
+        self._limiter: anyio.CapacityLimiter | None = None
+        self._tickers: list[Ticker] = []
+        self._held: set[int] = set()
+        self._pending: list[_Op] = []
+        self._flushing = False
+        self._wakeups: dict[str, anyio.Event] = {}
+        self._last_renewal = 0.0
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.path!r})"
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> Self:
+        """Build from ``sqlite:///relative/path`` or ``sqlite:////absolute/path``.
+
+        Query parameters set numeric options, e.g.
+        ``sqlite:///tasks.db?visibility_timeout=10``; keyword options win.
+
+        Raises:
+            ValueError: The URL has no path, or an unknown query parameter.
+        """
+        parts = urlsplit(url)
+        if parts.scheme != "sqlite" or parts.netloc or not parts.path.startswith("/"):
+            raise ValueError(f"expected sqlite:///path, got {url!r}")
+        path = parts.path[1:]
+        if not path or path == ":memory:":
+            raise ValueError(f"a SQLite broker needs a file path shared by processes: {url!r}")
+        params: dict[str, Any] = {}
+        for key, value in parse_qsl(parts.query, strict_parsing=bool(parts.query)):
+            if key in _URL_FLOATS:
+                params[key] = float(value)
+            elif key in _URL_INTS:
+                params[key] = int(value)
+            elif key == "synchronous":
+                params[key] = value.upper()
+            else:
+                raise ValueError(f"unknown option {key!r} in {url!r}")
+        return cls(path, **{**params, **options})
+
+    def _default_results(self) -> ResultBackend:
+        # Imported when asked for, so that the broker works without the results module.
+        module = importlib.import_module("taskflow.results.sqlite")
+        backend: ResultBackend = module.SQLiteResults(self.path)
+        return backend
+
+    # -- plumbing -------------------------------------------------------------
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await anyio.to_thread.run_sync(self._db.read, fn, limiter=self._limiter)
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await anyio.to_thread.run_sync(self._db.write, fn, limiter=self._limiter)
+
+    async def _commit(self, fn: Callable[[sqlite3.Connection], int]) -> int:
+        """Run ``fn`` in the next group commit; return its row count.
+
+        The first caller while no commit runs becomes the leader: it commits
+        every waiting operation in one transaction, again and again until none
+        is left. Others wait for their turn. The leader is shielded from
+        cancellation so that it never strands the operations of others.
+        """
+        op = _Op(fn)
+        self._pending.append(op)
+        if self._flushing:
+            await op.done.wait()
+        else:
+            self._flushing = True
+            try:
+                with anyio.CancelScope(shield=True):
+                    while self._pending:
+                        ops, self._pending = self._pending, []
+                        await self._flush(ops)
+            finally:
+                self._flushing = False
+        if op.error is not None:
+            raise op.error
+        return op.rowcount
+
+    async def _flush(self, ops: list[_Op]) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            for op in ops:
+                op.rowcount = op.fn(conn)
+
+        try:
+            await self._write(run)
+        except BaseException as exc:
+            for op in ops:
+                op.error = exc
+        finally:
+            for op in ops:
+                op.done.set()
+
+    def _wake(self, queue: str) -> None:
+        event = self._wakeups.pop(queue, None)
+        if event is not None:
+            event.set()
+
+    # -- lifecycle ----------------------------------------------------------
+
+    async def _connect(self) -> None:
+        # A fresh owner per connection: a forked copy or a reconnect never
+        # inherits the leases of an earlier one.
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self._limiter = anyio.CapacityLimiter(1)
+        self._wakeups = {}
+        self._pending = []
+        self._held = set()
+        await self._write(sql.create_schema)
+        self._last_renewal = time.monotonic()
+        heartbeat_db = Database(self.path, self.busy_timeout, self.synchronous)
+        reaper_db = Database(self.path, self.busy_timeout, self.synchronous)
+        self._tickers = [
+            Ticker(
+                "taskflow-sqlite-heartbeat",
+                self.heartbeat_interval,
+                self._heartbeat(heartbeat_db),
+                heartbeat_db,
+            ),
+            Ticker(
+                "taskflow-sqlite-reaper", self.reaper_interval, self._reaper(reaper_db), reaper_db
+            ),
+        ]
+        for ticker in self._tickers:
+            ticker.start()
+
+    async def _close(self) -> None:
+        tickers, self._tickers = self._tickers, []
+        for ticker in tickers:
+            await anyio.to_thread.run_sync(ticker.stop)
+        await anyio.to_thread.run_sync(self._db.close, limiter=self._limiter)
+
+    def _heartbeat(self, db: Database) -> Callable[[], None]:
+        params = {"owner": self.owner, "lease": self.visibility_timeout}
+
+        def renew(conn: sqlite3.Connection) -> int:
+            return conn.execute(sql.RENEW, params).rowcount
+
+        def beat() -> None:
+            if not self._held:
+                self._last_renewal = time.monotonic()
+                return
+            renewed = db.write(renew)
+            now = time.monotonic()
+            late = now - self._last_renewal
+            self._last_renewal = now
+            if late > self.visibility_timeout / 2:
+                logger.warning(
+                    "lease heartbeat ran %.1f s after the previous one (lease %.1f s)",
+                    late,
+                    self.visibility_timeout,
+                )
+            logger.debug("renewed %d leases", renewed)
+
+        return beat
+
+    def _reaper(self, db: Database) -> Callable[[], None]:
+        def reap(conn: sqlite3.Connection) -> tuple[int, int]:
+            leases = conn.execute(sql.REAP_LEASES).rowcount
+            dead = conn.execute(sql.REAP_DEAD).rowcount
+            return leases, dead
+
+        def tick() -> None:
+            expired_leases, expired_dead = db.read(lambda c: c.execute(sql.REAP_PROBE).fetchone())
+            if not (expired_leases or expired_dead):
+                return
+            leases, dead = db.write(reap)
+            if leases:
+                logger.warning("reclaimed %d messages whose lease expired", leases)
+            if dead:
+                logger.info("deleted %d dead letters past their TTL", dead)
+
+        return tick
+
+    # -- producing ----------------------------------------------------------
+
+    async def _enqueue(self, queue: str, envelopes: Sequence[Envelope]) -> None:
+        rows = [(queue, e.id, e.body, e.priority, e.delay) for e in envelopes]
+        await self._commit(lambda conn: conn.executemany(sql.INSERT, rows).rowcount)
+        self._wake(queue)
+
+    # -- consuming ----------------------------------------------------------
+
+    async def _claim(self, queue: str, limit: int) -> list[_SQLiteReceipt]:
+        params = {
+            "owner": self.owner,
+            "lease": self.visibility_timeout,
+            "queue": queue,
+            "limit": limit,
+        }
+
+        def claim(conn: sqlite3.Connection) -> list[Any]:
+            return conn.execute(sql.CLAIM, params).fetchall()
+
+        rows = await self._write(claim)
+        rows.sort(key=lambda r: (-r[3], r[0]))
+        self._held.update(r[0] for r in rows)
+        return [_SQLiteReceipt(self, queue, seq, i, body, n) for seq, i, body, _, n in rows]
+
+    async def _next_due(self, queue: str) -> float | None:
+        def probe(conn: sqlite3.Connection) -> float | None:
+            due: float | None = conn.execute(sql.NEXT_DUE, (queue,)).fetchone()[0]
+            return due
+
+        return await self._read(probe)
+
+    async def _idle_wait(self, queue: str, wait: float) -> bool:
+        """Wait up to ``wait`` seconds for work; return whether some may be ready."""
+        due = await self._next_due(queue)
+        if due is not None and due <= 0:
+            return True
+        if due is not None:
+            wait = min(wait, due)
+        event = self._wakeups.get(queue)
+        if event is None:
+            event = self._wakeups[queue] = anyio.Event()
+        with anyio.move_on_after(wait):
+            await event.wait()
+            return True
+        return False
+
+    async def _consume(self, queue: str, prefetch: int) -> AsyncGenerator[Receipt, None]:
+        batch: list[_SQLiteReceipt] = []
+        wait = self.poll_interval
+        try:
+            while True:
+                # Shielded so that a claimed batch is always in hand to give back.
+                with anyio.CancelScope(shield=True):
+                    batch = await self._claim(queue, prefetch)
+                if batch:
+                    wait = 0.005
+                    batch.reverse()
+                    while batch:
+                        yield batch.pop()
+                    continue
+                while not await self._idle_wait(queue, wait):
+                    wait = min(wait * 2, self.poll_interval)
+        finally:
+            if batch:
+                with anyio.CancelScope(shield=True):
+                    await self._hand_back(batch)
+
+    async def _hand_back(self, receipts: list[_SQLiteReceipt]) -> None:
+        """Return claimed messages that were never delivered, undoing their delivery."""
+        params = [{"seq": r.seq, "owner": self.owner, "delivered": 0} for r in receipts]
+        try:
+            await self._commit(lambda conn: conn.executemany(sql.REQUEUE, params).rowcount)
+        finally:
+            self._held.difference_update(r.seq for r in receipts)
+        self._wake(receipts[0].queue)
+
+    # -- inspection ---------------------------------------------------------
+
+    async def _stats(self, queue: str) -> QueueStats:
+        row = await self._read(lambda conn: conn.execute(sql.STATS, (queue,)).fetchone())
+        return QueueStats(*row)
+
+    async def _dead_letters(self, queue: str, limit: int) -> list[DeadRecord]:
+        params = {"queue": queue, "limit": limit}
+        rows = await self._read(lambda conn: conn.execute(sql.DEAD_LETTERS, params).fetchall())
+        return [DeadRecord(i, body, reason, dead_at) for i, body, reason, dead_at in rows]
+
+    async def _requeue_dead(self, queue: str, ids: list[str] | None) -> int:
+        if ids is None:
+            statement, params = sql.REQUEUE_DEAD, {"queue": queue}
+        else:
+            statement = sql.REQUEUE_DEAD + sql.ONLY_IDS
+            params = {"queue": queue, "ids": json.dumps(ids)}
+        count = await self._commit(lambda conn: conn.execute(statement, params).rowcount)
+        if count:
+            self._wake(queue)
+        return count
+
+    async def _purge(self, queue: str) -> int:
+        return await self._commit(lambda conn: conn.execute(sql.PURGE, (queue,)).rowcount)
+
+    async def _purge_dead(self, queue: str) -> int:
+        def purge(conn: sqlite3.Connection) -> int:
+            count = conn.execute(sql.PURGE_DEAD, {"queue": queue}).rowcount
+            conn.execute(sql.DROP_EXPIRED_DEAD, {"queue": queue})
+            return count
+
+        return await self._commit(purge)
+
+    async def _known_queues(self) -> list[str]:
+        rows = await self._read(lambda conn: conn.execute(sql.QUEUES).fetchall())
+        return [r[0] for r in rows]
+
+
+def _execute(statement: str, params: dict[str, Any], conn: sqlite3.Connection) -> int:
+    return conn.execute(statement, params).rowcount
+
+
+class _SQLiteReceipt(Receipt):
+    __slots__ = ("_broker", "queue", "seq")
+
+    def __init__(
+        self,
+        broker: SQLiteBroker,
+        queue: str,
+        seq: int,
+        message_id: str,
+        body: bytes,
+        deliveries: int,
+    ) -> None:
+        super().__init__(message_id, body, deliveries)
+        self._broker = broker
+        self.queue = queue
+        self.seq = seq
+
+    async def _settle(self, statement: str, **params: Any) -> int:
+        broker = self._broker
+        params.update(seq=self.seq, owner=broker.owner)
+        try:
+            return await broker._commit(partial(_execute, statement, params))
+        finally:
+            broker._held.discard(self.seq)
+
+    async def _fenced(self, action: str, statement: str, **params: Any) -> None:
+        if not await self._settle(statement, **params):
+            raise LeaseLost(
+                f"{action} of message {self.message_id} on queue {self.queue!r} refused: "
+                "this worker's lease expired"
+            )
+
+    async def ack(self) -> None:
+        await self._fenced("ack", sql.ACK)
+
+    async def dead_letter(self, reason: str) -> None:
+        await self._fenced(
+            "dead-lettering", sql.DEAD_LETTER, reason=reason, ttl=self._broker.dead_letter_ttl
+        )
+
+    async def retry(self, body: bytes, delay: float) -> None:
+        await self._fenced("retry", sql.RETRY, body=body, delay=delay)
+        if delay <= 0:
+            self._broker._wake(self.queue)
+
+    async def requeue(self) -> None:
+        if await self._settle(sql.REQUEUE, delivered=1):
+            self._broker._wake(self.queue)

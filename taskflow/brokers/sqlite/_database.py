@@ -1,0 +1,139 @@
+"""Connections to the SQLite file: busy retries, and background threads on a fixed rate."""
+
+from __future__ import annotations
+
+import logging
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from taskflow.errors import BrokerError, BrokerUnavailable
+
+T = TypeVar("T")
+
+logger = logging.getLogger("taskflow.brokers.sqlite")
+
+_BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _BUSY_CODES
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+class Database:
+    """One sqlite3 connection, used by one thread at a time, with busy retries.
+
+    SQLite's own busy handler waits up to ``busy_timeout`` for a lock; when it
+    gives up, the whole transaction is retried with jittered backoff until
+    ``3 * busy_timeout`` has passed, then :class:`BrokerUnavailable` is raised.
+    """
+
+    def __init__(self, path: str, busy_timeout: float, synchronous: str) -> None:
+        self.path = path
+        self.busy_timeout = busy_timeout
+        self.synchronous = synchronous
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self.busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+        return self._conn
+
+    def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` outside an explicit transaction (reads see the last commit)."""
+        return self._run(fn, write=False)
+
+    def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in a ``BEGIN IMMEDIATE`` transaction and commit it."""
+        return self._run(fn, write=True)
+
+    def _run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
+        deadline = time.monotonic() + 3 * self.busy_timeout
+        pause = 0.005
+        with self._lock:
+            while True:
+                try:
+                    return self._attempt(fn, write)
+                except sqlite3.Error as exc:
+                    if not _is_busy(exc):
+                        raise BrokerError(f"SQLite error on {self.path}: {exc}") from exc
+                    if time.monotonic() >= deadline:
+                        raise BrokerUnavailable(
+                            f"SQLite database {self.path} stayed locked: {exc}"
+                        ) from exc
+                time.sleep(pause * random.uniform(0.5, 1.5))
+                pause = min(pause * 2, 0.2)
+
+    def _attempt(self, fn: Callable[[sqlite3.Connection], T], write: bool) -> T:
+        conn = self._connection()
+        if not write:
+            return fn(conn)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return result
+
+    def close(self) -> None:
+        """Close the connection; the next call opens a new one."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+class Ticker:
+    """A daemon thread calling ``fn`` every ``interval`` seconds until stopped."""
+
+    def __init__(self, name: str, interval: float, fn: Callable[[], None], db: Database) -> None:
+        self.interval = interval
+        self._fn = fn
+        self._db = db
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        due = time.monotonic() + self.interval
+        try:
+            while not self._stopped.wait(max(due - time.monotonic(), 0.0)):
+                # Fixed rate rather than fixed delay, so a slow tick does not shift the rest.
+                due = max(due + self.interval, time.monotonic())
+                try:
+                    self._fn()
+                except Exception:
+                    logger.exception(
+                        "%s failed; trying again in %.2f s", self._thread.name, self.interval
+                    )
+        finally:
+            self._db.close()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join()

@@ -1,0 +1,118 @@
+"""The SQL of the SQLite broker: the schema and one statement per change of state."""
+
+from __future__ import annotations
+
+import sqlite3
+
+#: Unix time in seconds (float, millisecond precision) by SQLite's clock.
+NOW = "((julianday('now') - 2440587.5) * 86400.0)"
+
+TABLE = "taskflow_messages"
+WAITING = "lease_owner IS NULL AND dead_at IS NULL"
+
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {TABLE} (
+    seq INTEGER PRIMARY KEY,
+    queue TEXT NOT NULL,
+    id TEXT NOT NULL,
+    body BLOB NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 0,
+    ready_at REAL NOT NULL,
+    deliveries INTEGER NOT NULL DEFAULT 0,
+    lease_owner TEXT,
+    lease_expires REAL,
+    dead_at REAL,
+    dead_until REAL,
+    reason TEXT
+);
+CREATE INDEX IF NOT EXISTS taskflow_messages_queue ON {TABLE} (queue);
+CREATE INDEX IF NOT EXISTS taskflow_messages_ready
+    ON {TABLE} (queue, priority DESC, seq) WHERE {WAITING};
+CREATE INDEX IF NOT EXISTS taskflow_messages_due
+    ON {TABLE} (queue, ready_at) WHERE {WAITING};
+CREATE INDEX IF NOT EXISTS taskflow_messages_leased
+    ON {TABLE} (lease_owner, lease_expires) WHERE lease_owner IS NOT NULL;
+CREATE INDEX IF NOT EXISTS taskflow_messages_dead
+    ON {TABLE} (dead_until) WHERE dead_at IS NOT NULL;
+"""
+
+INSERT = f"""
+INSERT INTO {TABLE} (queue, id, body, priority, ready_at) VALUES (?, ?, ?, ?, {NOW} + ?)
+"""
+CLAIM = f"""
+UPDATE {TABLE}
+SET lease_owner = :owner, lease_expires = {NOW} + :lease, deliveries = deliveries + 1
+WHERE seq IN (
+    SELECT seq FROM {TABLE}
+    WHERE queue = :queue AND {WAITING} AND ready_at <= {NOW}
+    ORDER BY priority DESC, seq LIMIT :limit
+)
+RETURNING seq, id, body, priority, deliveries
+"""
+# Seconds until the first waiting message is due (<= 0: one is ready), or NULL.
+NEXT_DUE = f"SELECT MIN(ready_at) - {NOW} FROM {TABLE} WHERE queue = ? AND {WAITING}"
+HELD = f"seq = :seq AND lease_owner = :owner AND lease_expires > {NOW}"
+ACK = f"DELETE FROM {TABLE} WHERE {HELD}"
+RETRY = f"""
+UPDATE {TABLE}
+SET body = :body, ready_at = {NOW} + :delay, deliveries = 0, lease_owner = NULL,
+    lease_expires = NULL
+WHERE {HELD}
+"""
+DEAD_LETTER = f"""
+UPDATE {TABLE}
+SET dead_at = {NOW}, dead_until = {NOW} + :ttl, reason = :reason, lease_owner = NULL,
+    lease_expires = NULL
+WHERE {HELD}
+"""
+# ``:delivered`` is 0 for a message handed back unseen: its delivery is undone.
+REQUEUE = f"""
+UPDATE {TABLE}
+SET lease_owner = NULL, lease_expires = NULL, deliveries = deliveries - 1 + :delivered
+WHERE seq = :seq AND lease_owner = :owner
+"""
+RENEW = f"""
+UPDATE {TABLE} SET lease_expires = {NOW} + :lease
+WHERE lease_owner = :owner AND lease_expires > {NOW}
+"""
+REAP_PROBE = f"""
+SELECT
+    EXISTS (SELECT 1 FROM {TABLE} WHERE lease_owner IS NOT NULL AND lease_expires <= {NOW}),
+    EXISTS (SELECT 1 FROM {TABLE} WHERE dead_at IS NOT NULL AND dead_until <= {NOW})
+"""
+REAP_LEASES = f"""
+UPDATE {TABLE} SET lease_owner = NULL, lease_expires = NULL
+WHERE lease_owner IS NOT NULL AND lease_expires <= {NOW}
+"""
+REAP_DEAD = f"DELETE FROM {TABLE} WHERE dead_at IS NOT NULL AND dead_until <= {NOW}"
+STATS = f"""
+SELECT
+    COALESCE(SUM({WAITING} AND ready_at <= {NOW}), 0),
+    COALESCE(SUM({WAITING} AND ready_at > {NOW}), 0),
+    COALESCE(SUM(lease_owner IS NOT NULL), 0),
+    COALESCE(SUM(dead_at IS NOT NULL AND dead_until > {NOW}), 0)
+FROM {TABLE} WHERE queue = ?
+"""
+LIVE_DEAD = f"queue = :queue AND dead_at IS NOT NULL AND dead_until > {NOW}"
+DEAD_LETTERS = f"""
+SELECT id, body, reason, dead_at FROM {TABLE} WHERE {LIVE_DEAD}
+ORDER BY dead_at, seq LIMIT :limit
+"""
+REQUEUE_DEAD = f"""
+UPDATE {TABLE}
+SET dead_at = NULL, dead_until = NULL, reason = NULL, ready_at = {NOW}, deliveries = 0
+WHERE {LIVE_DEAD}
+"""
+ONLY_IDS = " AND id IN (SELECT value FROM json_each(:ids))"
+PURGE = f"DELETE FROM {TABLE} WHERE queue = ? AND {WAITING}"
+PURGE_DEAD = f"DELETE FROM {TABLE} WHERE {LIVE_DEAD}"
+DROP_EXPIRED_DEAD = f"DELETE FROM {TABLE} WHERE queue = :queue AND dead_at IS NOT NULL"
+QUEUES = f"SELECT DISTINCT queue FROM {TABLE}"
+
+
+def create_schema(conn: sqlite3.Connection) -> None:
+    """Create the table and its indexes if missing, inside the caller's transaction."""
+    # Statement by statement: ``executescript`` would commit the open transaction.
+    for statement in SCHEMA.split(";"):
+        if statement.strip():
+            conn.execute(statement)
