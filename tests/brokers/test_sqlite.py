@@ -1,0 +1,471 @@
+"""SQLiteBroker beyond the shared contract: URLs, leases, fencing, reaping, polling, locking."""
+
+from __future__ import annotations
+
+import sqlite3
+import statistics
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+import taskflow
+from taskflow import BrokerUnavailable, Delivery, LeaseLost, Worker
+from taskflow.brokers.sqlite import SQLiteBroker
+
+pytestmark = pytest.mark.anyio
+
+QUEUE = "jobs"
+
+
+def db_rows(path: Path, query: str, params: tuple[Any, ...] = ()) -> list[Any]:
+    with closing(sqlite3.connect(path, timeout=10)) as conn:
+        return conn.execute(query, params).fetchall()
+
+
+def sqlite_now(path: Path) -> float:
+    [(now,)] = db_rows(path, "SELECT (julianday('now') - 2440587.5) * 86400.0")
+    return float(now)
+
+
+def block_loop(seconds: float) -> None:
+    """Block the calling thread (the event loop, when called from a coroutine)."""
+    time.sleep(seconds)
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "broker.sqlite3"
+
+
+@pytest.fixture
+async def broker(path: Path) -> AsyncIterator[SQLiteBroker]:
+    async with SQLiteBroker(path, visibility_timeout=2.0) as b:
+        yield b
+
+
+def echo_actor(broker: SQLiteBroker) -> Any:
+    @broker.actor(queue=QUEUE)
+    async def echo(x: int) -> int:
+        return x
+
+    return echo
+
+
+async def take(
+    broker: SQLiteBroker, n: int = 1, *, prefetch: int = 1, timeout: float = 10.0
+) -> list[Delivery]:
+    got: list[Delivery] = []
+    with anyio.fail_after(timeout):
+        consumer = broker.consume(QUEUE, prefetch=prefetch)
+        try:
+            async for delivery in consumer:
+                got.append(delivery)
+                if len(got) == n:
+                    break
+        finally:
+            await consumer.aclose()  # type: ignore[attr-defined]
+    return got
+
+
+async def poll_until(predicate: Callable[[], Any], timeout: float) -> float:
+    """Wait until ``predicate()`` is true; return the seconds it took."""
+    start = time.monotonic()
+    with anyio.fail_after(timeout):
+        while not await predicate():
+            await anyio.sleep(0.01)
+    return time.monotonic() - start
+
+
+def count_begins(broker: SQLiteBroker) -> list[str]:
+    """Record every transaction the broker's loop-side connection starts."""
+    begins: list[str] = []
+    broker._db._connection().set_trace_callback(
+        lambda statement: begins.append(statement) if statement.startswith("BEGIN") else None
+    )
+    return begins
+
+
+# -- URLs -----------------------------------------------------------------------
+
+
+def test_from_url_relative_absolute_and_options(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    relative = taskflow.broker_from_url("sqlite:///data/tasks.db")
+    assert isinstance(relative, SQLiteBroker)
+    assert relative.path == str(tmp_path / "data" / "tasks.db")
+    absolute = taskflow.broker_from_url(
+        f"sqlite:///{tmp_path}/abs.db?visibility_timeout=5&max_deliveries=3&synchronous=normal"
+    )
+    assert isinstance(absolute, SQLiteBroker)
+    assert absolute.path == str(tmp_path / "abs.db")
+    assert absolute.visibility_timeout == 5.0 and absolute.max_deliveries == 3
+    assert absolute.synchronous == "NORMAL"
+    assert absolute.reaper_interval == 1.0 and absolute.heartbeat_interval == 5.0 / 3
+    overridden = SQLiteBroker.from_url("sqlite:///x.db?visibility_timeout=5", visibility_timeout=7)
+    assert overridden.visibility_timeout == 7
+
+
+@pytest.mark.parametrize(
+    "url", ["sqlite://", "sqlite:///", "sqlite:///:memory:", "sqlite:///x.db?bogus=1"]
+)
+def test_from_url_rejects(url: str) -> None:
+    with pytest.raises(ValueError):
+        SQLiteBroker.from_url(url)
+
+
+def test_broker_from_env_defaults_to_sqlite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TASKFLOW_BROKER_URL", raising=False)
+    default = taskflow.broker_from_env()
+    assert isinstance(default, SQLiteBroker)
+    assert default.path == str(tmp_path / "taskflow.sqlite3")
+    monkeypatch.setenv("TASKFLOW_BROKER_URL", f"sqlite:///{tmp_path}/env.db")
+    from_env = taskflow.broker_from_env(visibility_timeout=3)
+    assert isinstance(from_env, SQLiteBroker)
+    assert from_env.path == str(tmp_path / "env.db") and from_env.visibility_timeout == 3
+
+
+def test_reaper_interval_default() -> None:
+    assert SQLiteBroker("a.db").reaper_interval == 1.0
+    assert SQLiteBroker("a.db", visibility_timeout=2).reaper_interval == 0.5
+    assert SQLiteBroker("a.db", reaper_interval=0.2).reaper_interval == 0.2
+
+
+# -- storage --------------------------------------------------------------------
+
+
+async def test_wal_busy_timeout_and_sqlite_clock_delays(broker: SQLiteBroker, path: Path) -> None:
+    echo = echo_actor(broker)
+    assert db_rows(path, "PRAGMA journal_mode") == [("wal",)]
+    conn = broker._db._connection()
+    assert conn.execute("PRAGMA busy_timeout").fetchone() == (10_000,)
+    before = sqlite_now(path)
+    await echo.send_with_options(args=(1,), delay=30)
+    after = sqlite_now(path)
+    [(ready_at,)] = db_rows(path, "SELECT ready_at FROM taskflow_messages")
+    assert before + 29.9 <= ready_at <= after + 30.1
+
+
+async def test_send_many_is_one_transaction(broker: SQLiteBroker) -> None:
+    echo = echo_actor(broker)
+    begins = count_begins(broker)
+    await echo.send_many([(i,) for i in range(500)])
+    assert begins == ["BEGIN IMMEDIATE"]
+    assert (await broker.stats(QUEUE)).ready == 500
+
+
+async def test_concurrent_acks_share_commits(broker: SQLiteBroker) -> None:
+    echo = echo_actor(broker)
+    await echo.send_many([(i,) for i in range(100)])
+    got = await take(broker, 100, prefetch=100)
+    begins = count_begins(broker)
+    async with anyio.create_task_group() as tg:
+        for d in got:
+            tg.start_soon(d.ack)
+    assert await broker.stats(QUEUE) == (0, 0, 0, 0)
+    # The first ack commits alone; the other 99 arrive while it runs and share one commit.
+    assert len(begins) <= 3
+
+
+async def test_claim_is_one_statement_for_the_batch(broker: SQLiteBroker, path: Path) -> None:
+    echo = echo_actor(broker)
+    await echo.send_many([(i,) for i in range(10)])
+    begins = count_begins(broker)
+    got = await take(broker, 10, prefetch=10)
+    assert len(begins) == 1
+    assert [d.message.args[0] for d in got] == list(range(10))
+    rows = db_rows(path, "SELECT lease_owner, deliveries FROM taskflow_messages")
+    assert rows == [(broker.owner, 1)] * 10
+
+
+# -- leases -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("action", ["ack", "nack", "retry"])
+async def test_late_settlement_after_lost_lease_is_refused(path: Path, action: str) -> None:
+    # Given a worker whose heartbeat has stalled, and a healthy one on the same file
+    stalled = SQLiteBroker(path, visibility_timeout=0.5, heartbeat_interval=60)
+    healthy = SQLiteBroker(path, visibility_timeout=2.0, reaper_interval=0.1)
+    echo = echo_actor(stalled)
+    echo_actor(healthy)
+    async with stalled, healthy:
+        sent = await echo.send(1)
+        [late] = await take(stalled)
+        # When the lease expires and the healthy worker gets the message
+        [fresh] = await take(healthy, timeout=5)
+        assert fresh.message.id == sent.id and fresh.delivery_count == 2
+        # Then the stalled worker's settlement is refused and changes nothing
+        with pytest.raises(LeaseLost):
+            if action == "ack":
+                await late.ack()
+            elif action == "nack":
+                await late.nack("too late")
+            else:
+                await late.retry(0)
+        assert await healthy.stats(QUEUE) == (0, 0, 1, 0)
+        await fresh.ack()
+        assert await healthy.stats(QUEUE) == (0, 0, 0, 0)
+
+
+async def test_expired_lease_refuses_ack_even_before_reaping(path: Path) -> None:
+    async with SQLiteBroker(
+        path, visibility_timeout=0.3, heartbeat_interval=60, reaper_interval=60
+    ) as b:
+        echo = echo_actor(b)
+        await echo.send(1)
+        [d] = await take(b)
+
+        async def expired() -> bool:
+            [(expires,)] = db_rows(path, "SELECT lease_expires FROM taskflow_messages")
+            return bool(expires < sqlite_now(path))
+
+        await poll_until(expired, 5)
+        with pytest.raises(LeaseLost):
+            await d.ack()
+        assert db_rows(path, "SELECT count(*) FROM taskflow_messages") == [(1,)]
+
+
+async def test_reaper_returns_orphans_on_an_idle_queue(path: Path) -> None:
+    # Given a worker that dies holding three leases (its threads stop, nothing is handed back)
+    dying = SQLiteBroker(path, visibility_timeout=1.0)
+    echo = echo_actor(dying)
+    await dying.connect()
+    await echo.send_many([(i,) for i in range(3)])
+    held = await take(dying, 3, prefetch=3)
+    await dying.close()
+    assert {d.delivery_count for d in held} == {1}
+    # And another process's broker that only runs its reaper: nobody consumes
+    async with SQLiteBroker(path, visibility_timeout=1.0, reaper_interval=0.25) as survivor:
+        echo_actor(survivor)
+        assert await survivor.stats(QUEUE) == (0, 0, 3, 0)
+
+        async def returned() -> bool:
+            return (await survivor.stats(QUEUE)).ready == 3
+
+        # Then the leases come back within visibility_timeout + one reaper interval
+        took = await poll_until(returned, 5)
+        assert took <= 1.0 + 0.25 + 0.5
+        again = await take(survivor, 3, prefetch=3)
+        assert sorted(d.message.id for d in again) == sorted(d.message.id for d in held)
+        assert {d.delivery_count for d in again} == {2}
+        for d in again:
+            await d.ack()
+
+
+async def test_heartbeat_thread_keeps_leases_while_the_loop_is_blocked(path: Path) -> None:
+    # Given a worker holding a message with a 0.6 s lease, and a rival whose reaper
+    # would hand the message over the moment the lease expired
+    holder = SQLiteBroker(path, visibility_timeout=0.6)
+    rival = SQLiteBroker(path, visibility_timeout=0.6, reaper_interval=0.05)
+    echo = echo_actor(holder)
+    echo_actor(rival)
+    async with holder, rival:
+        await echo.send(1)
+        [d] = await take(holder)
+        [(first_expiry,)] = db_rows(path, "SELECT lease_expires FROM taskflow_messages")
+        # When the event loop is blocked for more than three leases
+        block_loop(2.0)
+        # Then the heartbeat thread renewed the lease, nobody took it, and the ack is accepted
+        [(owner, expiry)] = db_rows(
+            path, "SELECT lease_owner, lease_expires FROM taskflow_messages"
+        )
+        assert owner == holder.owner
+        assert expiry > first_expiry + 1.5
+        assert (await rival.stats(QUEUE)).in_flight == 1
+        await d.ack()
+        assert await rival.stats(QUEUE) == (0, 0, 0, 0)
+
+
+async def test_closing_consumer_hands_back_without_counting_a_delivery(
+    broker: SQLiteBroker,
+) -> None:
+    echo = echo_actor(broker)
+    await echo.send_many([(i,) for i in range(5)])
+    [first] = await take(broker, 1, prefetch=5)
+    assert await broker.stats(QUEUE) == (4, 0, 1, 0)
+    rest = await take(broker, 4, prefetch=5)
+    assert [d.delivery_count for d in rest] == [1, 1, 1, 1]
+    assert [d.message.args[0] for d in [first, *rest]] == list(range(5))
+
+
+async def test_cancelled_consumer_hands_back_its_batch(broker: SQLiteBroker) -> None:
+    echo = echo_actor(broker)
+    await echo.send_many([(i,) for i in range(5)])
+    got: list[Delivery] = []
+    consumer = broker.consume(QUEUE, prefetch=5)
+    with anyio.move_on_after(0.3):
+        async for d in consumer:
+            got.append(d)
+            await anyio.sleep_forever()
+    await consumer.aclose()  # type: ignore[attr-defined]
+    assert len(got) == 1
+    assert await broker.stats(QUEUE) == (4, 0, 1, 0)
+
+
+async def test_dead_letters_past_ttl_are_deleted_by_the_reaper(path: Path) -> None:
+    async with SQLiteBroker(path, dead_letter_ttl=0.3, reaper_interval=0.1) as b:
+        echo = echo_actor(b)
+        await echo.send(1)
+        [d] = await take(b)
+        await d.nack("x")
+        assert db_rows(path, "SELECT reason FROM taskflow_messages") == [("x",)]
+
+        async def deleted() -> bool:
+            return db_rows(path, "SELECT count(*) FROM taskflow_messages") == [(0,)]
+
+        await poll_until(deleted, 5)
+
+
+async def test_two_brokers_never_share_a_message(path: Path) -> None:
+    a, b = SQLiteBroker(path), SQLiteBroker(path)
+    echo = echo_actor(a)
+    echo_actor(b)
+    async with a, b:
+        sent = {m.id for m in await echo.send_many([(i,) for i in range(300)])}
+        seen: dict[str, list[str]] = {"a": [], "b": []}
+
+        async def drain(name: str, broker: SQLiteBroker) -> None:
+            async for d in broker.consume(QUEUE, prefetch=7):
+                seen[name].append(d.message.id)
+                await d.ack()
+                if len(seen["a"]) + len(seen["b"]) == len(sent):
+                    tg.cancel_scope.cancel()
+
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(drain, "a", a)
+                tg.start_soon(drain, "b", b)
+        both = seen["a"] + seen["b"]
+        assert len(both) == len(set(both)) == 300 and set(both) == sent
+        assert seen["a"] and seen["b"]
+        assert await a.stats(QUEUE) == (0, 0, 0, 0)
+
+
+# -- polling ----------------------------------------------------------------------
+
+
+async def test_idle_consumer_picks_up_work_fast_and_costs_little_cpu(path: Path) -> None:
+    consumer_broker, producer = SQLiteBroker(path), SQLiteBroker(path)
+    echo = echo_actor(producer)
+    echo_actor(consumer_broker)
+    latencies: list[float] = []
+    async with consumer_broker, producer:
+        received = anyio.Event()
+
+        async def consume() -> None:
+            nonlocal received
+            async for d in consumer_broker.consume(QUEUE, prefetch=1):
+                latencies.append(time.monotonic() - d.message.args[0])
+                await d.ack()
+                received.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(consume)
+            # Idle for a second: the consumer backs off to its slowest poll.
+            cpu_before = time.process_time()
+            await anyio.sleep(1.0)
+            idle_cpu = time.process_time() - cpu_before
+            for _ in range(5):
+                received = anyio.Event()
+                await echo.send(time.monotonic())  # another broker: no in-process wakeup
+                with anyio.fail_after(5):
+                    await received.wait()
+                await anyio.sleep(0.3)
+            tg.cancel_scope.cancel()
+    assert len(latencies) == 5
+    assert statistics.median(latencies) < 0.1, latencies
+    assert max(latencies) < 0.25, latencies
+    assert idle_cpu < 0.1, idle_cpu
+
+
+async def test_local_send_wakes_the_consumer_at_once(path: Path) -> None:
+    async with SQLiteBroker(path, poll_interval=5.0) as b:
+        echo = echo_actor(b)
+        got = anyio.Event()
+
+        async def consume() -> None:
+            async for d in b.consume(QUEUE):
+                await d.ack()
+                got.set()
+                return
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(consume)
+            await anyio.sleep(0.2)
+            start = time.monotonic()
+            await echo.send(1)
+            with anyio.fail_after(2):
+                await got.wait()
+        assert time.monotonic() - start < 0.5  # far below the 5 s poll interval
+
+
+# -- locking ----------------------------------------------------------------------
+
+
+async def test_writer_waits_for_a_lock_without_blocking_the_loop(path: Path) -> None:
+    async with SQLiteBroker(path, busy_timeout=0.2) as b:
+        echo = echo_actor(b)
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await anyio.sleep(0.01)
+                ticks += 1
+
+        with closing(sqlite3.connect(path, isolation_level=None)) as other:
+            other.execute("BEGIN IMMEDIATE")
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(tick)
+                sent = anyio.Event()
+
+                async def send() -> None:
+                    await echo.send(1)
+                    sent.set()
+
+                tg.start_soon(send)
+                await anyio.sleep(0.35)
+                assert not sent.is_set() and ticks >= 15
+                other.execute("COMMIT")
+                with anyio.fail_after(5):
+                    await sent.wait()
+                tg.cancel_scope.cancel()
+        assert (await b.stats(QUEUE)).ready == 1
+
+
+async def test_writer_gives_up_with_broker_unavailable(path: Path) -> None:
+    async with SQLiteBroker(path, busy_timeout=0.1) as b:
+        echo = echo_actor(b)
+        with closing(sqlite3.connect(path, isolation_level=None)) as other:
+            other.execute("BEGIN IMMEDIATE")
+            with pytest.raises(BrokerUnavailable), anyio.fail_after(5):
+                await echo.send(1)
+            other.execute("ROLLBACK")
+        await echo.send(2)
+        assert (await b.stats(QUEUE)).ready == 1
+
+
+# -- results ------------------------------------------------------------------------
+
+
+async def test_results_true_keeps_results_in_the_same_file(path: Path) -> None:
+    pytest.importorskip("taskflow.results.sqlite")
+    async with SQLiteBroker(path, results=True) as b:
+
+        @b.actor(queue=QUEUE, store_results=True)
+        async def add(x: int, y: int) -> int:
+            return x + y
+
+        message = await add.send(2, 3)
+        async with Worker(b, [QUEUE]):
+            assert await message.result(timeout=10) == 5
+    assert db_rows(path, "SELECT count(*) FROM taskflow_messages") == [(0,)]
