@@ -3,6 +3,7 @@
 from taskflow._urls import broker_from_env, broker_from_url
 from taskflow.actor import Actor
 from taskflow.broker import Broker, DeadLetter, Delivery, JoinTimeout, QueueStats
+from taskflow.composition import group, pipeline
 from taskflow.errors import (
     ActorNotFound,
     BrokerError,
@@ -48,4 +49,6 @@ __all__ = [
     "broker_from_env",
     "broker_from_url",
     "current_message",
+    "group",
+    "pipeline",
 ]

@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
-import traceback
 from typing import TYPE_CHECKING, Any
 
 from taskflow.broker import seconds
 from taskflow.middleware.base import CallNext, Context, Middleware
-from taskflow.results import ResultRecord
+from taskflow.results import ResultRecord, failure_record
 
 if TYPE_CHECKING:
     from taskflow.results import ResultBackend
 
 DEFAULT_RESULT_TTL = 3600.0
-_TRACEBACK_LIMIT = 8000
 
 
 class Results(Middleware):
     """Write an actor's return value, or its final failure, to ``backend``.
 
     Nothing is written for a failure that will be retried: only once the
-    outcome is final.
+    outcome is final (``ctx.outcome``, set by :class:`Retries`, which runs
+    inside this layer). Options: ``store_results`` (bool) and
+    ``result_ttl`` (seconds, default one hour).
     """
 
     actor_options = frozenset({"store_results", "result_ttl"})
@@ -29,21 +29,22 @@ class Results(Middleware):
         self.backend = backend
         self.result_ttl = result_ttl
 
+    def ttl(self, ctx: Context) -> float:
+        """The TTL, in seconds, of the result of ``ctx``'s message."""
+        return seconds(ctx.option("result_ttl", self.result_ttl))
+
     async def process(self, ctx: Context, call_next: CallNext) -> Any:
         """Run the rest of the stack and record the final outcome."""
         if not ctx.option("store_results", False):
             return await call_next(ctx)
-        ttl = seconds(ctx.option("result_ttl", self.result_ttl))
         try:
             value = await call_next(ctx)
         except Exception as exc:
             if ctx.outcome != "retry":
-                text = "".join(traceback.format_exception(exc))[-_TRACEBACK_LIMIT:]
-                record = ResultRecord(
-                    ok=False, error_type=type(exc).__name__, error=str(exc), traceback=text
-                )
-                await self.backend.store(ctx.message.id, record, ttl)
+                await self.backend.store(ctx.message.id, failure_record(exc), self.ttl(ctx))
             raise
         if ctx.outcome != "dead":
-            await self.backend.store(ctx.message.id, ResultRecord(ok=True, value=value), ttl)
+            await self.backend.store(
+                ctx.message.id, ResultRecord(ok=True, value=value), self.ttl(ctx)
+            )
         return value

@@ -3,10 +3,20 @@
 A backend stores one encoded :class:`ResultRecord` per message id for a TTL,
 and waits for one to appear. Failures are stored as text (type name, message,
 traceback); no exception object is ever imported or unpickled.
+
+Besides records, a backend keeps two small server-side primitives that
+composition needs across processes: an atomic counter (:meth:`ResultBackend.incr`)
+and a set that counts distinct members (:meth:`ResultBackend.add`), so that a
+member redelivered after a crash is not counted twice.
+
+Backends: :class:`MemoryResults` (one process), :class:`SQLiteResults` (one
+host, same file as the ``SQLiteBroker`` by default) and :class:`RedisResults`
+(usable with any broker).
 """
 
 from __future__ import annotations
 
+import traceback
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +27,20 @@ from taskflow.errors import ResultFailed, ResultTimeout
 if TYPE_CHECKING:
     from taskflow.broker import Broker
     from taskflow.message import Message
+    from taskflow.results.memory import MemoryResults
+    from taskflow.results.redis import RedisResults
+    from taskflow.results.sqlite import SQLiteResults
+
+__all__ = [
+    "MemoryResults",
+    "RedisResults",
+    "ResultBackend",
+    "ResultRecord",
+    "SQLiteResults",
+    "failure_record",
+]
+
+_TRACEBACK_LIMIT = 8000
 
 
 class ResultRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -28,13 +52,28 @@ class ResultRecord(msgspec.Struct, frozen=True, kw_only=True):
     error: str = ""
     traceback: str = ""
 
+    def raise_for_failure(self) -> None:
+        """Raise :class:`taskflow.ResultFailed` if this record is a failure."""
+        if not self.ok:
+            raise ResultFailed(self.error_type, self.error, self.traceback)
+
+
+def failure_record(exc: BaseException) -> ResultRecord:
+    """Describe ``exc`` as a failed :class:`ResultRecord` (type name, message, traceback text)."""
+    text = "".join(traceback.format_exception(exc))[-_TRACEBACK_LIMIT:]
+    return ResultRecord(ok=False, error_type=type(exc).__name__, error=str(exc), traceback=text)
+
 
 _record_decoder = msgspec.json.Decoder(ResultRecord)
 _record_encoder = msgspec.json.Encoder()
 
 
 class ResultBackend(ABC):
-    """Base class of result backends; subclasses implement ``_put`` and ``_get``."""
+    """Base class of result backends.
+
+    Subclasses implement ``_put``, ``_get``, ``_incr`` and ``_add``; every
+    write is idempotent or atomic, so several workers may share one backend.
+    """
 
     _broker: Broker | None = None
 
@@ -50,7 +89,7 @@ class ResultBackend(ABC):
         await self._put(message_id, _record_encoder.encode(record), ttl)
 
     async def fetch(self, message_id: str, timeout: float | None) -> ResultRecord:
-        """Wait up to ``timeout`` seconds for the record of ``message_id``.
+        """Wait up to ``timeout`` seconds (``None``: forever, 0: don't wait) for a record.
 
         Raises:
             ResultTimeout: Nothing was stored in time.
@@ -68,20 +107,51 @@ class ResultBackend(ABC):
             ResultTimeout: Nothing was stored in time.
         """
         record = await self.fetch(message.id, timeout)
-        if not record.ok:
-            raise ResultFailed(record.error_type, record.error, record.traceback)
-        actor = self._broker.get_actor(message.actor) if self._broker else None
+        record.raise_for_failure()
+        return self.convert(message.actor, record.value)
+
+    def convert(self, actor_name: str, value: Any) -> Any:
+        """Convert a stored value to the return annotation of the actor named ``actor_name``."""
+        actor = self._broker.get_actor(actor_name) if self._broker else None
         if actor is None or actor.params.return_type is Any:
-            return record.value
-        return msgspec.convert(record.value, actor.params.return_type, strict=False)
+            return value
+        return msgspec.convert(value, actor.params.return_type, strict=False)
+
+    async def incr(self, key: str, ttl: float) -> int:
+        """Add one to the counter ``key`` atomically and return the new value.
+
+        A missing or expired counter starts at 0; each call keeps it ``ttl``
+        more seconds.
+        """
+        return await self._incr(key, ttl)
+
+    async def add(self, key: str, member: str, ttl: float) -> int:
+        """Add ``member`` to the set ``key`` atomically and return the set's size.
+
+        Adding a member that is already there changes nothing, so a step
+        that runs again after a crash is counted once. Each call keeps the
+        set ``ttl`` more seconds.
+        """
+        return await self._add(key, member, ttl)
 
     @abstractmethod
     async def _put(self, key: str, data: bytes, ttl: float) -> None:
-        """Store ``data`` under ``key`` for ``ttl`` seconds."""
+        """Store ``data`` under ``key`` for ``ttl`` seconds, waking its waiters."""
 
     @abstractmethod
     async def _get(self, key: str, timeout: float | None) -> bytes | None:
-        """Return the data under ``key``, waiting up to ``timeout`` seconds for it."""
+        """Return the data under ``key``, waiting up to ``timeout`` seconds for it.
+
+        ``None`` waits forever; ``0`` looks once without waiting.
+        """
+
+    @abstractmethod
+    async def _incr(self, key: str, ttl: float) -> int:
+        """Atomically increment the counter ``key``; see :meth:`incr`."""
+
+    @abstractmethod
+    async def _add(self, key: str, member: str, ttl: float) -> int:
+        """Atomically add to the set ``key`` and return its size; see :meth:`add`."""
 
 
 def __getattr__(name: str) -> Any:
@@ -90,4 +160,12 @@ def __getattr__(name: str) -> Any:
         from taskflow.results.memory import MemoryResults
 
         return MemoryResults
+    if name == "SQLiteResults":
+        from taskflow.results.sqlite import SQLiteResults
+
+        return SQLiteResults
+    if name == "RedisResults":
+        from taskflow.results.redis import RedisResults
+
+        return RedisResults
     raise AttributeError(name)
