@@ -30,6 +30,9 @@ FACTORIES: dict[str, Factory] = {
     "sqlite": lambda request, tmp_path, options: __import__(
         "taskflow.brokers.sqlite", fromlist=["SQLiteBroker"]
     ).SQLiteBroker(tmp_path / "taskflow.sqlite3", **options),
+    "redis": lambda request, tmp_path, options: __import__(
+        "tests.apps.redis_app", fromlist=["contract_broker"]
+    ).contract_broker(request, options),
 }
 
 

@@ -1,0 +1,573 @@
+"""RedisBroker: leases, delays, priorities and dead letters on sorted sets and hashes.
+
+Why sorted sets, not lists or streams: priorities (higher first) need an
+ordered structure, and a queue must answer "which leases have expired" by the
+server's clock. Streams order by id only, and ``XACK`` accepts an ack from any
+consumer of the group, so a late ack from a worker that lost its lease cannot
+be refused; lists would need one list per priority. Sorted sets give all of it
+in ``O(log n)``:
+
+* ``ready`` (score ``-priority``; equal scores pop in member order, and ids are
+  time-ordered, so FIFO within a priority), ``delayed`` (score: due time) and
+  ``inflight`` (score: lease deadline) say where each message is;
+* hashes keep the body, the server-side delivery count, the priority and the
+  lease token of the consumer that holds it;
+* ``dead`` (score: when) with two hashes keeps dead letters and their reasons.
+
+A message id is in exactly one of ``ready``, ``delayed``, ``inflight`` and
+``dead``, and every move is one Lua script (``_scripts``), loaded once and
+called by SHA. Time inside scripts is Redis's ``TIME``. All keys of a namespace
+share the hash tag ``{namespace}``.
+
+Consuming: one script call promotes due delayed messages, returns expired
+leases, then takes up to ``prefetch`` messages, leasing each to a fresh token
+for ``visibility_timeout``. An idle consumer blocks on the queue's notify list
+(``BLPOP``), which every script that makes messages ready pushes to, so it
+wakes at once, or when the next delayed message is due. Acks, retries and
+dead-letters from concurrent deliveries are coalesced into one script call
+(``_settle``), and each applies only if the lease token still matches
+(fencing): otherwise :class:`taskflow.LeaseLost`.
+
+Leases are renewed, and the reaper run, by a thread with its own blocking
+client (``_keeper``), so a blocked event loop or a long sync actor cannot let
+healthy work be re-run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import functools
+import logging
+import math
+import os
+import secrets
+import socket
+import time
+from collections import deque
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Self, TypeVar
+
+import anyio
+import redis
+import redis.asyncio
+
+from taskflow._urls import mask_url
+from taskflow.broker import Broker, DeadRecord, Envelope, QueueStats, Receipt, seconds
+from taskflow.brokers.redis import _scripts
+from taskflow.brokers.redis._connection import (
+    Outage,
+    async_client,
+    backoff,
+    client_options,
+    is_transient,
+)
+from taskflow.brokers.redis._keeper import Keeper, LeaseTable
+from taskflow.brokers.redis._keys import Keys
+from taskflow.brokers.redis._settle import Item, Settler
+from taskflow.errors import BrokerError, BrokerUnavailable, LeaseLost
+
+if TYPE_CHECKING:
+    from redis.commands.core import AsyncScript
+
+    from taskflow.results import ResultBackend
+
+logger = logging.getLogger("taskflow.brokers.redis")
+
+T = TypeVar("T")
+
+_CHUNK = 1000
+_EVICTING = ("allkeys-lru", "allkeys-lfu", "allkeys-random")
+_SCRIPTS = {
+    "enqueue": _scripts.ENQUEUE,
+    "fetch": _scripts.FETCH,
+    "settle": _scripts.SETTLE,
+    "stats": _scripts.STATS,
+    "dead_letters": _scripts.DEAD_LETTERS,
+    "requeue_dead": _scripts.REQUEUE_DEAD,
+    "purge": _scripts.PURGE,
+    "purge_dead": _scripts.PURGE_DEAD,
+}
+_VERBS = {b"a": "ack", b"d": "dead-letter", b"r": "retry", b"q": "requeue", b"u": "hand back"}
+_WHY = {
+    _scripts.OWNED_BY_OTHER: "another consumer holds it now",
+    _scripts.NOT_OWNED: "it went back to the queue",
+    _scripts.GONE: "it was settled by another consumer",
+}
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _ms(value: float) -> int:
+    return math.ceil(value * 1000) if value > 0 else 0
+
+
+class RedisBroker(Broker):
+    """A broker on Redis (5.0 or later), through redis-py's asyncio client.
+
+    Args:
+        url: ``redis://[user:password@]host:port/db`` or ``rediss://`` for TLS
+            (certificate and host name verified).
+        namespace: Prefix of every key; brokers in different namespaces share nothing.
+        visibility_timeout: Seconds a fetched message stays leased to its
+            consumer without a heartbeat; a dead worker's messages come back
+            after it (plus at most ``reaper_interval``).
+        heartbeat_interval: Seconds between lease renewals (default: a third
+            of ``visibility_timeout``).
+        reaper_interval: Longest time, in seconds, between two runs of the
+            reaper, which returns expired leases, promotes due delayed
+            messages and drops expired dead letters.
+        socket_timeout: Seconds any one call may take.
+        connect_timeout: Seconds to open a connection.
+        send_timeout: Seconds ``send`` (and other producer calls) keep retrying
+            while the server is unreachable before raising ``BrokerUnavailable``.
+        idle_timeout: Longest single blocking wait of an idle consumer, in seconds.
+        redis_options: Extra keyword arguments for the redis-py clients (for
+            example ``ssl_ca_certs``).
+        **options: Passed to :class:`taskflow.Broker` (``max_deliveries``,
+            ``dead_letter_ttl``, ``results``, ...).
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        namespace: str = "taskflow",
+        visibility_timeout: float | dt.timedelta = 30.0,
+        heartbeat_interval: float | dt.timedelta | None = None,
+        reaper_interval: float | dt.timedelta = 5.0,
+        socket_timeout: float = 5.0,
+        connect_timeout: float = 5.0,
+        send_timeout: float = 10.0,
+        idle_timeout: float = 2.0,
+        redis_options: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> None:
+        self.url = url
+        self.namespace = namespace
+        self._keys = Keys(namespace)
+        self.visibility_timeout = seconds(visibility_timeout)
+        if self.visibility_timeout <= 0:
+            raise ValueError("visibility_timeout must be positive")
+        self.heartbeat_interval = (
+            self.visibility_timeout / 3
+            if heartbeat_interval is None
+            else seconds(heartbeat_interval)
+        )
+        if not 0 < self.heartbeat_interval < self.visibility_timeout:
+            raise ValueError("heartbeat_interval must be positive and below visibility_timeout")
+        self.reaper_interval = seconds(reaper_interval)
+        if self.reaper_interval <= 0:
+            raise ValueError("reaper_interval must be positive")
+        self.socket_timeout = socket_timeout
+        self.connect_timeout = connect_timeout
+        self.send_timeout = send_timeout
+        self.idle_timeout = idle_timeout
+        self._redis_options = dict(redis_options or {})
+        super().__init__(**options)
+        self._where = mask_url(url)
+        self._client: redis.asyncio.Redis | None = None
+        self._blocking: redis.asyncio.Redis | None = None
+        self._scripts: dict[str, AsyncScript] = {}
+        self._queues: dict[str, _Queue] = {}
+        self._tables: dict[str, LeaseTable] = {}
+        self._keeper: Keeper | None = None
+        self._consumer_id = ""
+        self._fetches = 0
+        self._producer_outage = Outage(logger, "producer", self._where)
+
+    def __repr__(self) -> str:
+        return f"RedisBroker({self._where!r}, namespace={self.namespace!r})"
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> Self:
+        """Build from ``redis://`` or ``rediss://``."""
+        return cls(url, **options)
+
+    def _default_results(self) -> ResultBackend:
+        from taskflow.results.redis import RedisResults
+
+        return RedisResults(self.url)
+
+    @property
+    def keeper(self) -> Keeper | None:
+        """The heartbeat and reaper thread, once a consumer started it."""
+        return self._keeper
+
+    # -- connection ---------------------------------------------------------
+
+    def _client_options(self) -> dict[str, Any]:
+        return client_options(
+            self.url,
+            socket_timeout=self.socket_timeout,
+            connect_timeout=self.connect_timeout,
+            extra=self._redis_options,
+        )
+
+    async def _connect(self) -> None:
+        options = self._client_options()
+        self._client = async_client(self.url, options)
+        # Blocking reads wait up to idle_timeout; their socket timeout must be longer.
+        self._blocking = async_client(
+            self.url, {**options, "socket_timeout": self.socket_timeout + self.idle_timeout}
+        )
+        self._scripts = {name: self._client.register_script(src) for name, src in _SCRIPTS.items()}
+        self._consumer_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        try:
+            await self._retrying("connect", self._load_scripts)
+        except BaseException:
+            await self._close()
+            raise
+        await self._check_server()
+
+    async def _load_scripts(self) -> None:
+        assert self._client is not None
+        async with self._client.pipeline(transaction=False) as pipe:
+            for script in self._scripts.values():
+                pipe.script_load(script.script)
+            await pipe.execute()
+
+    async def _check_server(self) -> None:
+        assert self._client is not None
+        try:
+            config: dict[Any, Any] = await self._client.config_get("maxmemory-policy")
+        except redis.RedisError as exc:
+            logger.debug("cannot read maxmemory-policy: %s", exc)
+            return
+        policy = _text(config.get(b"maxmemory-policy", b""))
+        if policy in _EVICTING:
+            logger.warning(
+                "Redis at %s has maxmemory-policy %s: it may evict taskflow's keys and lose "
+                "messages; set it to noeviction",
+                self._where,
+                policy,
+            )
+        try:
+            aof = (await self._client.info("persistence")).get("aof_enabled")
+        except redis.RedisError:
+            return
+        if not aof:
+            logger.info(
+                "Redis at %s runs without AOF: a crash may lose recent messages", self._where
+            )
+
+    async def _close(self) -> None:
+        keeper, self._keeper = self._keeper, None
+        if keeper is not None:
+            await anyio.to_thread.run_sync(keeper.stop)
+        self._queues.clear()
+        self._tables.clear()
+        for client in (self._client, self._blocking):
+            if client is not None:
+                await client.aclose()
+        self._client = self._blocking = None
+
+    def _queue(self, name: str) -> _Queue:
+        q = self._queues.get(name)
+        if q is None:
+            table = self._tables.get(name)
+            if table is None:
+                table = self._tables[name] = LeaseTable(name, self._keys.queue(name))
+            q = self._queues[name] = _Queue(self, name, table)
+        return q
+
+    async def _retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Run ``call``, repeating it while the server is unreachable, up to ``send_timeout``."""
+        deadline = time.monotonic() + self.send_timeout
+        attempt = 0
+        while True:
+            try:
+                result = await call()
+            except redis.RedisError as exc:
+                if not is_transient(exc):
+                    raise BrokerError(f"Redis at {self._where} refused {what}: {exc}") from exc
+                delay = backoff(attempt)
+                if attempt == 0:
+                    self._producer_outage.failed(exc)
+                attempt += 1
+                if time.monotonic() + delay > deadline:
+                    raise BrokerUnavailable(
+                        f"Redis at {self._where} unreachable for {what} "
+                        f"after {attempt} attempts: {exc}"
+                    ) from exc
+                await anyio.sleep(delay)
+            else:
+                if attempt:
+                    self._producer_outage.recovered()
+                return result
+
+    async def _script(self, name: str, keys: list[str], args: Sequence[Any]) -> Any:
+        return await self._scripts[name](keys=keys, args=args)
+
+    # -- producing ----------------------------------------------------------
+
+    async def _enqueue(self, queue: str, envelopes: Sequence[Envelope]) -> None:
+        keys = self._keys.queue(queue)
+        chunks: list[list[Any]] = []
+        for start in range(0, len(envelopes), _CHUNK):
+            args: list[Any] = [queue]
+            for e in envelopes[start : start + _CHUNK]:
+                args += (e.id, e.body, e.priority, _ms(e.delay))
+            chunks.append(args)
+        await self._retrying("send", lambda: self._send_chunks(keys, chunks))
+
+    async def _send_chunks(self, keys: list[str], chunks: list[list[Any]]) -> None:
+        if len(chunks) == 1:
+            await self._script("enqueue", keys, chunks[0])
+            return
+        # One round trip: the scripts are pipelined, not wrapped in MULTI.
+        assert self._client is not None
+        sha = self._scripts["enqueue"].sha
+        for attempt in range(2):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for args in chunks:
+                    pipe.evalsha(sha, len(keys), *keys, *args)
+                try:
+                    await pipe.execute()
+                    return
+                except redis.exceptions.NoScriptError:
+                    if attempt:
+                        raise
+            await self._load_scripts()  # the server restarted without its script cache
+
+    # -- consuming ----------------------------------------------------------
+
+    def _start_keeper(self) -> None:
+        if self._keeper is not None and self._keeper.is_alive():
+            return
+        self._keeper = Keeper(
+            url=self.url,
+            client_options=self._client_options(),
+            keys=self._keys,
+            tables=self._tables,
+            lease_ms=_ms(self.visibility_timeout),
+            heartbeat_interval=self.heartbeat_interval,
+            reaper_interval=self.reaper_interval,
+            dead_letter_ttl_ms=_ms(self.dead_letter_ttl),
+            where=self._where,
+        )
+        self._keeper.start(asyncio.get_running_loop())
+
+    async def _consume(self, queue: str, prefetch: int) -> AsyncGenerator[Receipt, None]:
+        q = self._queue(queue)
+        self._start_keeper()
+        outage = Outage(logger, f"consumer of {queue}", self._where)
+        batch: deque[_RedisReceipt] = deque()
+        try:
+            while True:
+                while batch:
+                    receipt = batch.popleft()
+                    if not receipt.lost:
+                        yield receipt
+                try:
+                    # Shielded: a fetch cancelled after Redis ran it would
+                    # strand its messages until their leases expire.
+                    with anyio.CancelScope(shield=True):
+                        wait_ms, receipts = await self._fetch(q, prefetch)
+                    batch.extend(receipts)
+                    if not receipts:
+                        await self._wait(q, wait_ms)
+                    outage.recovered()
+                except redis.RedisError as exc:
+                    if not is_transient(exc):
+                        raise BrokerError(
+                            f"Redis at {self._where} refused a fetch from {queue}: {exc}"
+                        ) from exc
+                    await anyio.sleep(outage.failed(exc))
+        finally:
+            if batch:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(self.socket_timeout):
+                    await q.hand_back(list(batch))
+
+    async def _fetch(self, q: _Queue, prefetch: int) -> tuple[int, list[_RedisReceipt]]:
+        self._fetches += 1
+        token = f"{self._consumer_id}:{self._fetches}".encode()
+        wait_ms, items = await self._script(
+            "fetch",
+            q.keys,
+            [prefetch, token, _ms(self.visibility_timeout), self.max_message_size],
+        )
+        receipts = []
+        for i in range(0, len(items), 3):
+            rid, body, count = items[i], items[i + 1], items[i + 2]
+            if count == 0:
+                logger.warning(
+                    "dead-lettering message %s from queue %s (%d bytes): too_large",
+                    rid.decode("utf-8", "replace"),
+                    q.name,
+                    body,
+                )
+                continue
+            receipts.append(_RedisReceipt(q, rid, token, body, count))
+        q.leases.add(receipts)
+        return int(wait_ms), receipts
+
+    async def _wait(self, q: _Queue, wait_ms: int) -> None:
+        """Block until the queue is notified, the next delayed message is due, or a while."""
+        timeout = self.idle_timeout if wait_ms < 0 else min(self.idle_timeout, wait_ms / 1000)
+        if timeout <= 0:
+            return
+        assert self._blocking is not None
+        await self._blocking.blpop([q.notify_key], timeout=max(timeout, 0.001))
+
+    # -- inspection ---------------------------------------------------------
+
+    async def _stats(self, queue: str) -> QueueStats:
+        keys = self._keys.queue(queue)
+        ready, delayed, in_flight, dead = await self._retrying(
+            "stats", lambda: self._script("stats", keys, [_ms(self.dead_letter_ttl)])
+        )
+        return QueueStats(ready, delayed, in_flight, dead)
+
+    async def _dead_letters(self, queue: str, limit: int) -> list[DeadRecord]:
+        keys = self._keys.queue(queue)
+        items = await self._retrying(
+            "dead_letters",
+            lambda: self._script("dead_letters", keys, [_ms(self.dead_letter_ttl), limit]),
+        )
+        return [
+            DeadRecord(
+                items[i].decode("utf-8", "replace"),
+                items[i + 1],
+                items[i + 2].decode("utf-8", "replace"),
+                float(items[i + 3]) / 1000,
+            )
+            for i in range(0, len(items), 4)
+        ]
+
+    async def _requeue_dead(self, queue: str, ids: list[str] | None) -> int:
+        keys = self._keys.queue(queue)
+        ttl = _ms(self.dead_letter_ttl)
+        total = 0
+        if ids is None:
+            while n := await self._retrying(
+                "requeue_dead", lambda: self._script("requeue_dead", keys, [ttl, _CHUNK])
+            ):
+                total += n
+            return total
+        for start in range(0, len(ids), _CHUNK):
+            chunk = [ttl, _CHUNK, *ids[start : start + _CHUNK]]
+            total += await self._retrying(
+                "requeue_dead", functools.partial(self._script, "requeue_dead", keys, chunk)
+            )
+        return total
+
+    async def _drain(self, what: str, queue: str) -> int:
+        keys = self._keys.queue(queue)
+        total = 0
+        while n := await self._retrying(what, lambda: self._script(what, keys, [_CHUNK])):
+            total += n
+        return total
+
+    async def _purge(self, queue: str) -> int:
+        return await self._drain("purge", queue)
+
+    async def _purge_dead(self, queue: str) -> int:
+        return await self._drain("purge_dead", queue)
+
+    async def _known_queues(self) -> list[str]:
+        assert self._client is not None
+        client = self._client
+        names = await self._retrying("known_queues", lambda: client.smembers(self._keys.queues))
+        return sorted(_text(n) for n in names)
+
+    # -- settling -----------------------------------------------------------
+
+    async def _settle(self, q: _Queue, items: Sequence[Item]) -> list[int]:
+        """Apply settlements in one script call, repeating it while Redis is unreachable.
+
+        A repeat cannot tell "applied by the attempt whose reply was lost" from
+        "taken back meanwhile" when the message is no longer leased to anyone,
+        so after a connection error those count as applied.
+        """
+        args: list[Any] = []
+        for item in items:
+            args += item
+        deadline = time.monotonic() + self.send_timeout
+        outage = Outage(logger, f"settling on {q.name}", self._where)
+        while True:
+            try:
+                results: list[int] = await self._script("settle", q.keys, args)
+            except redis.RedisError as exc:
+                if not is_transient(exc):
+                    raise BrokerError(f"Redis at {self._where} refused to settle: {exc}") from exc
+                delay = outage.failed(exc)
+                if time.monotonic() + delay > deadline:
+                    raise BrokerUnavailable(
+                        f"Redis at {self._where} unreachable to settle messages: {exc}"
+                    ) from exc
+                await anyio.sleep(delay)
+                continue
+            if outage.since is not None:
+                outage.recovered()
+                results = [
+                    _scripts.APPLIED if r in (_scripts.NOT_OWNED, _scripts.GONE) else r
+                    for r in results
+                ]
+            return results
+
+
+class _Queue:
+    """A queue as seen by this broker: its keys, its held leases and its settle batcher."""
+
+    def __init__(self, broker: RedisBroker, name: str, leases: LeaseTable) -> None:
+        self.broker = broker
+        self.name = name
+        self.keys = leases.keys
+        self.notify_key = broker._keys.notify(name)
+        self.leases = leases
+        self.settler = Settler(self._flush)
+
+    async def _flush(self, items: Sequence[Item]) -> list[int]:
+        return await self.broker._settle(self, items)
+
+    async def settle(self, receipt: _RedisReceipt, op: bytes, a: bytes = b"", b: int = 0) -> None:
+        self.leases.remove(receipt)
+        status = await self.settler.submit((op, receipt.rid, receipt.token, a, b))
+        if status != _scripts.APPLIED:
+            raise LeaseLost(
+                f"{_VERBS[op]} of message {receipt.message_id} on queue {self.name} refused: "
+                f"its lease expired and {_WHY.get(status, 'it moved')}"
+            )
+
+    async def hand_back(self, receipts: list[_RedisReceipt]) -> None:
+        """Return fetched but unstarted messages, without counting their delivery."""
+        for r in receipts:
+            self.leases.remove(r)
+        items = [(b"u", r.rid, r.token, b"", 0) for r in receipts if not r.lost]
+        try:
+            for start in range(0, len(items), _CHUNK):
+                await self.broker._settle(self, items[start : start + _CHUNK])
+        except BrokerError as exc:
+            logger.warning(
+                "could not hand back %d prefetched message(s) of %s (%s); "
+                "they return when their lease expires",
+                len(items),
+                self.name,
+                exc,
+            )
+
+
+class _RedisReceipt(Receipt):
+    __slots__ = ("lost", "queue", "rid", "token")
+
+    def __init__(self, queue: _Queue, rid: bytes, token: bytes, body: bytes, count: int) -> None:
+        super().__init__(rid.decode("utf-8", "replace"), body, count)
+        self.queue = queue
+        self.rid = rid
+        self.token = token
+        self.lost = False
+
+    async def ack(self) -> None:
+        await self.queue.settle(self, b"a")
+
+    async def dead_letter(self, reason: str) -> None:
+        await self.queue.settle(self, b"d", reason.encode())
+
+    async def retry(self, body: bytes, delay: float) -> None:
+        await self.queue.settle(self, b"r", body, _ms(delay))
+
+    async def requeue(self) -> None:
+        await self.queue.settle(self, b"q")

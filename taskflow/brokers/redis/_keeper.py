@@ -1,0 +1,253 @@
+"""The keeper thread: lease heartbeats, the reaper and an event-loop watchdog.
+
+It runs off the event loop on purpose, with its own blocking Redis client:
+an actor that blocks the loop, or a long sync actor, must not let the leases
+of healthy work lapse. Every ``heartbeat_interval`` it extends the lease of
+each message this process holds; every half ``reaper_interval`` it tries to
+take the namespace's reaper lock (held for half an interval), and the winner
+promotes due delayed messages, returns expired leases to their queue and drops
+expired dead letters in every queue of the namespace. So, whatever the number
+of workers, maintenance runs at least once per ``reaper_interval`` and at most
+twice, and a dead worker's messages are back within ``visibility_timeout``
+plus one ``reaper_interval``, on an idle queue too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from taskflow.brokers.redis import _scripts
+from taskflow.brokers.redis._connection import Outage, is_transient, sync_client
+
+if TYPE_CHECKING:
+    from taskflow.brokers.redis._keys import Keys
+
+logger = logging.getLogger("taskflow.brokers.redis")
+
+_CHUNK = 1000
+
+
+class Lease(Protocol):
+    """What the keeper needs of a held message: its id, its lease token, a lost flag."""
+
+    rid: bytes
+    token: bytes
+    lost: bool
+
+
+class LeaseTable:
+    """The messages of one queue that this process holds, shared with the keeper thread."""
+
+    def __init__(self, name: str, keys: list[str]) -> None:
+        self.name = name
+        self.keys = keys
+        self._lock = threading.Lock()
+        self._held: dict[bytes, Lease] = {}
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def add(self, leases: Iterable[Lease]) -> None:
+        """Start renewing ``leases``."""
+        with self._lock:
+            for lease in leases:
+                self._held[lease.rid] = lease
+
+    def remove(self, lease: Lease) -> None:
+        """Stop renewing ``lease`` (it is being settled)."""
+        with self._lock:
+            if self._held.get(lease.rid) is lease:
+                del self._held[lease.rid]
+
+    def snapshot(self) -> list[Lease]:
+        """The leases held right now."""
+        with self._lock:
+            return list(self._held.values())
+
+    def drop_lost(self, rids: Iterable[bytes]) -> int:
+        """Mark the leases of ``rids`` lost and stop renewing them; return how many."""
+        n = 0
+        with self._lock:
+            for rid in rids:
+                lease = self._held.pop(rid, None)
+                if lease is not None:
+                    lease.lost = True
+                    n += 1
+        return n
+
+
+class Keeper:
+    """Renews this process's leases and runs the namespace's reaper, in a thread.
+
+    Args:
+        url: Redis URL.
+        client_options: Options for the blocking client.
+        keys: The namespace's key layout.
+        tables: The broker's lease tables by queue name (read, never changed, here).
+        lease_ms: Lease length in milliseconds.
+        heartbeat_interval: Seconds between lease renewals.
+        reaper_interval: Longest time between two maintenance runs, in seconds.
+        dead_letter_ttl_ms: How long dead letters are kept, in milliseconds.
+        where: The masked URL, for log lines.
+    """
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        client_options: dict[str, Any],
+        keys: Keys,
+        tables: dict[str, LeaseTable],
+        lease_ms: int,
+        heartbeat_interval: float,
+        reaper_interval: float,
+        dead_letter_ttl_ms: int,
+        where: str,
+    ) -> None:
+        self._url = url
+        self._client_options = client_options
+        self._keys = keys
+        self._tables = tables
+        self._lease_ms = lease_ms
+        self._heartbeat_interval = heartbeat_interval
+        self._reap_every = reaper_interval / 2
+        self._dead_letter_ttl_ms = dead_letter_ttl_ms
+        self._lock_token = secrets.token_hex(8)
+        self._outage = Outage(logger, "lease heartbeat", where)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="taskflow-redis-keeper", daemon=True)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._probe_sent: float | None = None
+        self._lag_warned = False
+        #: Longest event-loop stall seen, in seconds.
+        self.max_loop_lag = 0.0
+        #: Lease renewals sent, and leases found taken back.
+        self.renewals = 0
+        self.leases_lost = 0
+
+    def start(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        """Start the thread; ``loop`` is watched for stalls."""
+        self._loop = loop
+        self._thread.start()
+
+    def is_alive(self) -> bool:
+        """Whether the thread runs."""
+        return self._thread.is_alive()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the thread and wait for it (blocking)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        try:
+            client = sync_client(self._url, self._client_options)
+        except Exception:
+            logger.exception("the lease heartbeat could not start")
+            return
+        renew = client.register_script(_scripts.RENEW)
+        maintain = client.register_script(_scripts.MAINTAIN)
+        next_beat = next_reap = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                now = time.monotonic()
+                try:
+                    if now >= next_beat:
+                        next_beat = now + self._heartbeat_interval
+                        self._renew(renew)
+                    if now >= next_reap:
+                        next_reap = now + self._reap_every
+                        self._reap(client, maintain)
+                    self._outage.recovered()
+                except Exception as exc:
+                    if is_transient(exc):
+                        self._outage.failed(exc)
+                    else:
+                        logger.exception("lease heartbeat or reaper failed")
+                self._watch_loop()
+                self._stop.wait(max(0.0, min(next_beat, next_reap) - time.monotonic()))
+        finally:
+            client.close()
+
+    def _renew(self, renew: Any) -> None:
+        for table in list(self._tables.values()):
+            leases = table.snapshot()
+            for start in range(0, len(leases), _CHUNK):
+                args: list[Any] = [self._lease_ms]
+                for lease in leases[start : start + _CHUNK]:
+                    args += (lease.rid, lease.token)
+                lost = renew(keys=table.keys, args=args)
+                self.renewals += 1
+                if lost:
+                    n = table.drop_lost(lost)
+                    if n:
+                        self.leases_lost += n
+                        logger.warning(
+                            "lease_lost: %d message(s) of queue %s were taken back after their "
+                            "lease expired; they will run elsewhere and acks for them are refused",
+                            n,
+                            table.name,
+                        )
+
+    def _reap(self, client: Any, maintain: Any) -> None:
+        got = client.set(
+            self._keys.reaper_lock,
+            self._lock_token,
+            nx=True,
+            px=max(1, int(self._reap_every * 1000)),
+        )
+        if not got:
+            return
+        for raw in client.smembers(self._keys.queues):
+            name = raw.decode("utf-8", "replace")
+            keys = self._keys.queue(name)
+            while True:
+                promoted, reaped, expired = maintain(
+                    keys=keys, args=[self._dead_letter_ttl_ms, _CHUNK]
+                )
+                if reaped:
+                    logger.warning(
+                        "redelivering %d message(s) of queue %s whose lease expired "
+                        "(reason lease_expired)",
+                        reaped,
+                        name,
+                    )
+                if max(promoted, reaped, expired) < _CHUNK:
+                    break
+
+    def _watch_loop(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        now = time.monotonic()
+        sent = self._probe_sent
+        if sent is not None:
+            lag = now - sent
+            self.max_loop_lag = max(self.max_loop_lag, lag)
+            if lag > max(1.0, self._heartbeat_interval) and not self._lag_warned:
+                self._lag_warned = True
+                logger.warning(
+                    "event_loop_blocked: the event loop has not run for %.1f s "
+                    "(leases are still being renewed)",
+                    lag,
+                )
+            return
+        self._probe_sent = now
+        try:
+            loop.call_soon_threadsafe(self._probe_done)
+        except RuntimeError:  # the loop closed
+            self._loop = None
+
+    def _probe_done(self) -> None:
+        sent = self._probe_sent
+        if sent is not None:
+            self.max_loop_lag = max(self.max_loop_lag, time.monotonic() - sent)
+        self._probe_sent = None
+        self._lag_warned = False

@@ -1,0 +1,35 @@
+"""Key names: everything of a namespace shares one hash tag, ``{namespace}``."""
+
+from __future__ import annotations
+
+from taskflow.brokers.redis._scripts import QUEUE_KEYS
+
+
+class Keys:
+    """The key layout of one namespace.
+
+    ``{ns}:queues`` is the set of queue names, ``{ns}:reaper`` the reaper's lock
+    and ``{ns}:q:<queue>:<part>`` a queue's parts (see ``_scripts.QUEUE_KEYS``).
+    One hash tag keeps every key of a namespace in one Cluster slot, so each
+    script may touch all of them, and ACL key patterns can be ``~{ns}:*``.
+    """
+
+    def __init__(self, namespace: str) -> None:
+        if not namespace or any(c in namespace for c in "{}"):
+            raise ValueError(f"invalid namespace {namespace!r}: non-empty, without braces")
+        self.prefix = "{" + namespace + "}"
+        self.queues = f"{self.prefix}:queues"
+        self.reaper_lock = f"{self.prefix}:reaper"
+        self._cache: dict[str, list[str]] = {}
+
+    def queue(self, name: str) -> list[str]:
+        """The keys a queue script gets, in order: the queue's parts, then the queue set."""
+        keys = self._cache.get(name)
+        if keys is None:
+            base = f"{self.prefix}:q:{name}:"
+            keys = self._cache[name] = [base + part for part in QUEUE_KEYS] + [self.queues]
+        return keys
+
+    def notify(self, name: str) -> str:
+        """The key an idle consumer of ``name`` blocks on."""
+        return self.queue(name)[QUEUE_KEYS.index("notify")]

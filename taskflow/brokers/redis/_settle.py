@@ -1,0 +1,76 @@
+"""Coalescing settlements: many concurrent acks, one script call.
+
+Each ``submit`` joins the open batch. The first caller of a batch leads it: it
+lets the current loop tick run (so acks finishing together join), waits until
+the previous batch of the queue is applied, closes its batch and sends it in
+one script call. While one call is on the wire the next batch fills up, so the
+batch size follows the load by itself, with no timer. Every caller returns
+only once Redis applied (or refused) its item.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+
+import anyio
+
+Item = tuple[bytes, bytes, bytes, bytes, int]  # op, id, token, a, b
+Flush = Callable[[Sequence[Item]], Awaitable[list[int]]]
+
+MAX_BATCH = 500
+
+
+class _Batch:
+    __slots__ = ("done", "error", "items", "results")
+
+    def __init__(self) -> None:
+        self.items: list[Item] = []
+        self.results: list[int] = []
+        self.error: Exception | None = None
+        self.done = asyncio.Event()
+
+
+class Settler:
+    """Sends the settlements of one queue in batches through ``flush``."""
+
+    def __init__(self, flush: Flush) -> None:
+        self._flush = flush
+        self._open: _Batch | None = None
+        self._lock: asyncio.Lock | None = None
+
+    async def submit(self, item: Item) -> int:
+        """Apply ``item``; return its status code from the settle script.
+
+        Raises:
+            Exception: Whatever ``flush`` raised for the batch.
+        """
+        batch = self._open
+        if batch is not None and len(batch.items) < MAX_BATCH:
+            index = len(batch.items)
+            batch.items.append(item)
+            await batch.done.wait()
+        else:
+            index = 0
+            batch = self._open = _Batch()
+            batch.items.append(item)
+            # Shielded: followers wait for this batch, so it must go out.
+            with anyio.CancelScope(shield=True):
+                await self._lead(batch)
+        if batch.error is not None:
+            raise batch.error
+        return batch.results[index]
+
+    async def _lead(self, batch: _Batch) -> None:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        await asyncio.sleep(0)
+        async with self._lock:
+            if self._open is batch:
+                self._open = None
+            try:
+                batch.results = await self._flush(batch.items)
+            except Exception as exc:
+                batch.error = exc
+            finally:
+                batch.done.set()
