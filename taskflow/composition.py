@@ -66,6 +66,7 @@ class _Compiler:
 
     def __init__(self) -> None:
         self.seen: set[str] = set()
+        self.counts_groups = False
 
     def node(self, child: Message[Any] | group | pipeline, tail: Tail, *, nested: bool) -> Node:
         if isinstance(child, Message):
@@ -157,7 +158,13 @@ class _Composed:
         broker = self._needs()
         if not any(isinstance(m, Composition) for m in broker.middleware):
             raise TypeError("the broker's middleware has no Composition layer")
-        node = self._compile(_Compiler(), Tail(), nested=False)
+        compiler = _Compiler()
+        node = self._compile(compiler, Tail(), nested=False)
+        if compiler.counts_groups and broker.results is None:
+            raise ResultsNotConfigured(
+                f"group completion needs a result backend: build {type(broker).__name__} "
+                "with results="
+            )
         runner = Runner(broker)
         await runner.launch(node)
         await runner.flush()
@@ -267,6 +274,7 @@ class group(_Composed):
             # A plain fan-out: nothing to count.
             members = [compiler.node(c, Tail(), nested=True) for c in self.children]
             return GroupNode(members, GroupInfo(id=self.id, ids=[]))
+        compiler.counts_groups = True
         info = GroupInfo(
             id=self.id,
             ids=[_result_id(c) for c in self.children],

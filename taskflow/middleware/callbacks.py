@@ -61,9 +61,13 @@ class Callbacks(Middleware):
     actor_options = frozenset(_OPTIONS)
 
     async def before_enqueue(self, broker: Broker, message: Message[Any]) -> Message[Any]:
-        """Replace actor objects in the callback options by their names, for the wire."""
+        """Replace actor objects in the callback options by their names, for the wire.
+
+        Raises:
+            TypeError: A callback option is neither an actor nor a name.
+        """
         options = message.options
-        if not any(isinstance(options.get(name), Actor) for name in _OPTIONS):
+        if all(isinstance(options.get(name, ""), str) for name in _OPTIONS):
             return message
         named = {k: callback_name(v) if k in _OPTIONS else v for k, v in options.items()}
         return msgspec.structs.replace(message, options=named)

@@ -1,0 +1,309 @@
+"""Results and callbacks through a real worker, on the MemoryBroker."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import time
+from typing import Any
+
+import anyio
+import msgspec
+import pytest
+
+from taskflow import Broker, ResultFailed, ResultTimeout, Worker
+from taskflow.brokers.memory import MemoryBroker
+from taskflow.errors import ResultsNotConfigured
+from taskflow.results import ResultRecord
+from taskflow.results.memory import MemoryResults
+
+pytestmark = pytest.mark.anyio
+
+FAST: dict[str, Any] = {"min_backoff": 0.01, "max_backoff": 0.02}
+
+
+class SpyResults(MemoryResults):
+    """Memory results that remember every record stored."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stored: list[tuple[str, ResultRecord]] = []
+
+    async def store(self, message_id: str, record: ResultRecord, ttl: float) -> None:
+        self.stored.append((message_id, record))
+        await super().store(message_id, record, ttl)
+
+
+async def drain(broker: Broker, *queues: str) -> None:
+    async with Worker(broker, list(queues) or ["default"]):
+        for queue in queues or ("default",):
+            await broker.join(queue, timeout=10)
+
+
+class Point(msgspec.Struct):
+    x: int
+    y: int
+
+
+@dataclasses.dataclass
+class Box:
+    label: str
+    at: dt.datetime
+
+
+async def test_result_is_converted_to_the_return_annotation() -> None:
+    broker = MemoryBroker(results=True)
+
+    @broker.actor(store_results=True)
+    async def point() -> Point:
+        return Point(1, 2)
+
+    @broker.actor(store_results=True)
+    def box() -> Box:
+        return Box("b", dt.datetime(2024, 5, 1, tzinfo=dt.UTC))
+
+    @broker.actor(store_results=True)
+    async def when() -> dt.datetime:
+        return dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+
+    async with broker, Worker(broker):
+        p, b, w = await point.send(), await box.send(), await when.send()
+        assert await p.result(timeout=5) == Point(1, 2)
+        assert await b.result(timeout=5) == Box("b", dt.datetime(2024, 5, 1, tzinfo=dt.UTC))
+        assert await w.result(timeout=5) == dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+
+
+async def test_failure_raises_result_failed_with_remote_type_message_and_traceback() -> None:
+    broker = MemoryBroker(results=True)
+
+    class PaymentDeclined(Exception):
+        pass
+
+    @broker.actor(store_results=True, max_retries=0)
+    async def charge(amount: int) -> int:
+        raise PaymentDeclined(f"card refused for {amount}")
+
+    async with broker, Worker(broker):
+        message = await charge.send(12)
+        with pytest.raises(ResultFailed) as info:
+            await message.result(timeout=5)
+    error = info.value
+    assert not isinstance(error, PaymentDeclined)
+    assert error.type_name == "PaymentDeclined"
+    assert error.message == "card refused for 12"
+    assert "raise PaymentDeclined" in error.traceback
+    assert "in charge" in error.traceback
+    assert str(error) == "PaymentDeclined: card refused for 12"
+
+
+async def test_result_timeout_when_nothing_arrives() -> None:
+    broker = MemoryBroker(results=True)
+
+    @broker.actor(store_results=True)
+    async def never_run() -> int:
+        return 1
+
+    async with broker:
+        message = await never_run.send()
+        start = time.monotonic()
+        with pytest.raises(ResultTimeout):
+            await message.result(timeout=dt.timedelta(seconds=0.2))
+        assert 0.15 <= time.monotonic() - start < 2
+
+
+async def test_result_waiter_started_before_the_worker_wakes_on_completion() -> None:
+    broker = MemoryBroker(results=True)
+
+    @broker.actor(store_results=True)
+    async def add(x: int, y: int) -> int:
+        return x + y
+
+    async with broker:
+        message = await add.send(2, 3)
+        got: list[int] = []
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+
+                async def wait() -> None:
+                    got.append(await message.result(timeout=None))
+
+                tg.start_soon(wait)
+                async with Worker(broker):
+                    await broker.join("default", timeout=5)
+        assert got == [5]
+
+
+async def test_only_the_final_outcome_is_stored() -> None:
+    backend = SpyResults()
+    broker = MemoryBroker(results=backend)
+    attempts: list[int] = []
+
+    @broker.actor(store_results=True, max_retries=3, **FAST)
+    async def flaky() -> str:
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise RuntimeError("not yet")
+        return "done"
+
+    @broker.actor(store_results=True, max_retries=2, **FAST)
+    async def doomed() -> None:
+        raise RuntimeError("never")
+
+    async with broker:
+        ok = await flaky.send()
+        bad = await doomed.send()
+        await drain(broker)
+        assert len(attempts) == 3
+        assert await ok.result(timeout=1) == "done"
+        with pytest.raises(ResultFailed, match="never"):
+            await bad.result(timeout=1)
+    # One record per message, written once its outcome was final.
+    assert sorted((i, r.ok) for i, r in backend.stored) == sorted([(ok.id, True), (bad.id, False)])
+
+
+async def test_results_are_opt_in_per_actor_or_per_message() -> None:
+    backend = SpyResults()
+    broker = MemoryBroker(results=backend)
+
+    @broker.actor
+    async def plain(x: int) -> int:
+        return x
+
+    async with broker:
+        unstored = await plain.send(1)
+        stored = await plain.send_with_options(args=(2,), store_results=True)
+        await drain(broker)
+        assert await stored.result(timeout=1) == 2
+        with pytest.raises(ResultTimeout):
+            await unstored.result(timeout=0.1)
+    assert [i for i, _ in backend.stored] == [stored.id]
+
+
+async def test_result_ttl_expires_the_result() -> None:
+    broker = MemoryBroker(results=True)
+
+    @broker.actor(store_results=True, result_ttl=0.3)
+    async def short() -> int:
+        return 1
+
+    @broker.actor(store_results=True)
+    async def default_ttl() -> int:
+        return 2
+
+    async with broker:
+        a, b = await short.send(), await default_ttl.send()
+        await drain(broker)
+        assert await a.result(timeout=0) == 1
+        with anyio.fail_after(5):
+            while True:
+                try:
+                    await a.result(timeout=0)
+                except ResultTimeout:
+                    break
+                await anyio.sleep(0.05)
+        assert await b.result(timeout=0) == 2
+
+
+async def test_result_without_a_backend_raises_results_not_configured() -> None:
+    broker = MemoryBroker()
+
+    @broker.actor
+    async def job() -> int:
+        return 1
+
+    async with broker:
+        message = await job.send()
+        with pytest.raises(ResultsNotConfigured):
+            await message.result(timeout=1)
+    with pytest.raises(TypeError, match="store_results"):
+
+        @broker.actor(store_results=True)
+        async def stored() -> int:
+            return 1
+
+
+async def test_actor_called_in_process_returns_directly() -> None:
+    broker = MemoryBroker(results=True)
+
+    @broker.actor(store_results=True)
+    async def add(x: int, y: int) -> int:
+        return x + y
+
+    assert await add(1, 2) == 3
+
+
+# -- callbacks -----------------------------------------------------------------
+
+
+def callback_actors(broker: Broker) -> tuple[Any, Any, list[tuple[str, str, Any]]]:
+    calls: list[tuple[str, str, Any]] = []
+
+    @broker.actor
+    async def succeeded(message_id: str, result: Any) -> None:
+        calls.append(("success", message_id, result))
+
+    @broker.actor
+    async def failed(message_id: str, error: dict[str, str]) -> None:
+        calls.append(("failure", message_id, error))
+
+    return succeeded, failed, calls
+
+
+async def test_on_success_and_on_failure_per_actor() -> None:
+    broker = MemoryBroker()
+    succeeded, failed, calls = callback_actors(broker)
+    attempts: list[int] = []
+
+    @broker.actor(on_success=succeeded, on_failure="failed")
+    async def double(x: int) -> int:
+        return 2 * x
+
+    @broker.actor(on_success=succeeded, on_failure=failed, max_retries=2, **FAST)
+    async def broken() -> None:
+        attempts.append(1)
+        raise KeyError("missing")
+
+    async with broker:
+        ok = await double.send(21)
+        bad = await broken.send()
+        await drain(broker)
+    assert len(attempts) == 3  # retried twice, and on_failure ran only for the final one
+    assert ("success", ok.id, 42) in calls
+    [failure] = [c for c in calls if c[0] == "failure"]
+    assert failure[1] == bad.id
+    error = failure[2]
+    assert error["type"] == "KeyError"
+    assert error["message"] == "'missing'"
+    assert 'raise KeyError("missing")' in error["traceback"]
+    assert len(calls) == 2
+
+
+async def test_on_success_and_on_failure_per_message() -> None:
+    broker = MemoryBroker()
+    succeeded, failed, calls = callback_actors(broker)
+
+    @broker.actor(on_success="nobody")
+    async def job(fail: bool) -> str:
+        if fail:
+            raise ValueError("asked to")
+        return "fine"
+
+    async with broker:
+        # An Actor object in a message's options travels by name.
+        ok = await job.send_with_options(args=(False,), on_success=succeeded)
+        bad = await job.send_with_options(args=(True,), on_failure=failed, max_retries=0)
+        await drain(broker)
+    assert sorted((c[0], c[1]) for c in calls) == sorted([("success", ok.id), ("failure", bad.id)])
+    assert ("success", ok.id, "fine") in calls
+
+
+async def test_callback_option_must_name_an_actor() -> None:
+    broker = MemoryBroker()
+
+    @broker.actor
+    async def job() -> None:
+        return None
+
+    async with broker:
+        with pytest.raises(TypeError, match="callback"):
+            await job.send_with_options(on_success=object())
