@@ -301,9 +301,9 @@ class SQLiteBroker(Broker):
             return conn.execute(sql.CLAIM, params).fetchall()
 
         rows = await self._write(claim)
-        rows.sort(key=lambda r: (-r[3], r[0]))
+        rows.sort(key=lambda r: (-r[3], r[4], r[0]))  # RETURNING does not keep the order
         self._held.update(r[0] for r in rows)
-        return [_SQLiteReceipt(self, queue, seq, i, body, n) for seq, i, body, _, n in rows]
+        return [_SQLiteReceipt(self, queue, seq, i, body, n) for seq, i, body, _, _, n in rows]
 
     async def _next_due(self, queue: str) -> float | None:
         def probe(conn: sqlite3.Connection) -> float | None:
