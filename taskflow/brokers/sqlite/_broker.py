@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
@@ -147,10 +146,10 @@ class SQLiteBroker(Broker):
         return cls(path, **{**params, **options})
 
     def _default_results(self) -> ResultBackend:
-        # Imported when asked for, so that the broker works without the results module.
-        module = importlib.import_module("taskflow.results.sqlite")
-        backend: ResultBackend = module.SQLiteResults(self.path)
-        return backend
+        # Imported only when asked for: a broker without results never loads it.
+        from taskflow.results.sqlite import SQLiteResults
+
+        return SQLiteResults(self.path)
 
     # -- plumbing -------------------------------------------------------------
 
