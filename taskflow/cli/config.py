@@ -1,0 +1,36 @@
+"""The settings a worker child process receives from its parent."""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class WorkerConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """How one worker child process runs; sent to the child as JSON on its command line.
+
+    Attributes:
+        app: The ``module:broker`` spec to load.
+        queues: Queues to consume; empty means those of the declared actors.
+        concurrency: Most messages in flight at once per process.
+        threads: Threads for sync actors per process.
+        prefetch: Messages fetched per round trip; ``None`` for the worker's default.
+        shutdown_timeout: Seconds running messages get to finish on a graceful stop.
+        log_level: Name of the logging level.
+    """
+
+    app: str
+    queues: tuple[str, ...] = ()
+    concurrency: int = 100
+    threads: int = 8
+    prefetch: int | None = None
+    shutdown_timeout: float = 30.0
+    log_level: str = "info"
+
+    def to_json(self) -> str:
+        """Encode for a child's command line."""
+        return msgspec.json.encode(self).decode()
+
+    @classmethod
+    def from_json(cls, data: str) -> WorkerConfig:
+        """Decode what :meth:`to_json` produced."""
+        return msgspec.json.decode(data, type=cls)

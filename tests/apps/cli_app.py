@@ -1,0 +1,89 @@
+"""Worker app for the CLI tests: a MemoryBroker whose worker processes leave marker files.
+
+``TASKFLOW_CLI_MARKERS`` names the directory. Each worker writes
+``started-<pid>`` when it starts and ``stopped-<pid>`` when it stops
+gracefully. With ``TASKFLOW_CLI_BUSY=async`` each worker also sends itself a
+message for ``hold``, which writes ``busy-<pid>`` and then awaits for an hour;
+with ``TASKFLOW_CLI_BUSY=sync``, one for ``stuck``, which writes ``busy-<pid>``
+and then blocks its thread for an hour.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import anyio
+
+from taskflow import Broker, BrokerUnavailable, Middleware, Worker
+from taskflow.brokers.memory import MemoryBroker
+from taskflow.middleware import default_middleware
+
+MARKERS_ENV = "TASKFLOW_CLI_MARKERS"
+BUSY_ENV = "TASKFLOW_CLI_BUSY"
+
+
+def mark(name: str) -> None:
+    directory = os.environ.get(MARKERS_ENV)
+    if directory:
+        (Path(directory) / f"{name}-{os.getpid()}").write_text(f"{os.getpid()} {name}\n")
+
+
+class Markers(Middleware):
+    async def on_startup(self, worker: Worker) -> None:
+        mark("started")
+        busy = os.environ.get(BUSY_ENV)
+        if busy == "async":
+            await hold.send()
+        elif busy == "sync":
+            await stuck.send()
+
+    async def on_shutdown(self, worker: Worker) -> None:
+        mark("stopped")
+
+
+broker = MemoryBroker(middleware=[*default_middleware(), Markers()])
+
+
+@broker.actor(time_limit=None)
+async def hold() -> None:
+    mark("busy")
+    await anyio.sleep(3600)
+
+
+@broker.actor(time_limit=None)
+def stuck() -> None:
+    mark("busy")
+    time.sleep(3600)
+
+
+@broker.actor(queue="emails")
+def send_email(to: str, subject: str = "") -> None:
+    mark(f"email-{to}")
+
+
+def make_broker() -> Broker:
+    return broker
+
+
+def needs_arguments(url: str) -> Broker:
+    return MemoryBroker()
+
+
+def returns_a_string() -> str:
+    return "memory://"
+
+
+not_a_broker = 42
+
+
+class UnreachableBroker(MemoryBroker):
+    async def _connect(self) -> None:
+        raise BrokerUnavailable("connection refused at 127.0.0.1:9")
+
+
+unreachable = UnreachableBroker()
+
+# Set by tests that run commands in-process against a broker they prepared.
+prepared: Broker | None = None
