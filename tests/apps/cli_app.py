@@ -6,6 +6,9 @@ gracefully. With ``TASKFLOW_CLI_BUSY=async`` each worker also sends itself a
 message for ``hold``, which writes ``busy-<pid>`` and then awaits for an hour;
 with ``TASKFLOW_CLI_BUSY=sync``, one for ``stuck``, which writes ``busy-<pid>``
 and then blocks its thread for an hour.
+
+``sqlite_broker`` builds a SQLiteBroker on the file ``TASKFLOW_CLI_SQLITE``
+names, for tests where messages cross processes.
 """
 
 from __future__ import annotations
@@ -16,11 +19,13 @@ from pathlib import Path
 
 import anyio
 
-from taskflow import Broker, BrokerUnavailable, Middleware, Worker
+from taskflow import Broker, BrokerUnavailable, Middleware, Reject, Worker
 from taskflow.brokers.memory import MemoryBroker
+from taskflow.brokers.sqlite import SQLiteBroker
 from taskflow.middleware import default_middleware
 
 MARKERS_ENV = "TASKFLOW_CLI_MARKERS"
+SQLITE_ENV = "TASKFLOW_CLI_SQLITE"
 BUSY_ENV = "TASKFLOW_CLI_BUSY"
 
 
@@ -61,6 +66,20 @@ def stuck() -> None:
 @broker.actor(queue="emails")
 def send_email(to: str, subject: str = "") -> None:
     mark(f"email-{to}")
+
+
+def sqlite_broker() -> Broker:
+    shared = SQLiteBroker(os.environ[SQLITE_ENV], visibility_timeout=2.0)
+
+    @shared.actor
+    async def greet(name: str) -> None:
+        mark(f"greeted-{name}")
+
+    @shared.actor
+    async def doomed(reason: str) -> None:
+        raise Reject(reason)
+
+    return shared
 
 
 def make_broker() -> Broker:
