@@ -88,7 +88,7 @@ _SCRIPTS = {
     "purge": _scripts.PURGE,
     "purge_dead": _scripts.PURGE_DEAD,
 }
-_VERBS = {b"a": "ack", b"d": "dead-letter", b"r": "retry", b"q": "requeue", b"u": "hand back"}
+_VERBS = {"a": "ack", "d": "dead-letter", "r": "retry", "q": "requeue", "u": "hand back"}
 _WHY = {
     _scripts.OWNED_BY_OTHER: "another consumer holds it now",
     _scripts.NOT_OWNED: "it went back to the queue",
@@ -305,12 +305,18 @@ class RedisBroker(Broker):
 
     async def _enqueue(self, queue: str, envelopes: Sequence[Envelope]) -> None:
         keys = self._keys.queue(queue)
-        chunks: list[list[Any]] = []
-        for start in range(0, len(envelopes), _CHUNK):
-            args: list[Any] = [queue]
-            for e in envelopes[start : start + _CHUNK]:
-                args += (e.id, e.body, e.priority, _ms(e.delay))
-            chunks.append(args)
+        chunks: list[list[Any]] = [
+            [
+                queue,
+                _scripts.pack(
+                    [
+                        (e.id, _scripts.raw_str(e.body), e.priority, _ms(e.delay))
+                        for e in envelopes[start : start + _CHUNK]
+                    ]
+                ),
+            ]
+            for start in range(0, len(envelopes), _CHUNK)
+        ]
         await self._retrying("send", lambda: self._send_chunks(keys, chunks))
 
     async def _send_chunks(self, keys: list[str], chunks: list[list[Any]]) -> None:
@@ -383,11 +389,11 @@ class RedisBroker(Broker):
 
     async def _fetch(self, q: _Queue, prefetch: int) -> tuple[int, list[_RedisReceipt]]:
         self._fetches += 1
-        token = f"{self._consumer_id}:{self._fetches}".encode()
+        token = f"{self._consumer_id}:{self._fetches}"
         wait_ms, items = await self._script(
             "fetch",
             q.keys,
-            [prefetch, token, _ms(self.visibility_timeout), self.max_message_size],
+            [min(prefetch, _CHUNK), token, _ms(self.visibility_timeout), self.max_message_size],
         )
         receipts = []
         for i in range(0, len(items), 3):
@@ -482,9 +488,7 @@ class RedisBroker(Broker):
         "taken back meanwhile" when the message is no longer leased to anyone,
         so after a connection error those count as applied.
         """
-        args: list[Any] = []
-        for item in items:
-            args += item
+        args = [_scripts.pack(items)]
         deadline = time.monotonic() + self.send_timeout
         outage = Outage(logger, f"settling on {q.name}", self._where)
         while True:
@@ -523,9 +527,9 @@ class _Queue:
     async def _flush(self, items: Sequence[Item]) -> list[int]:
         return await self.broker._settle(self, items)
 
-    async def settle(self, receipt: _RedisReceipt, op: bytes, a: bytes = b"", b: int = 0) -> None:
+    async def settle(self, receipt: _RedisReceipt, op: str, a: Any = "", b: int = 0) -> None:
         self.leases.remove(receipt)
-        status = await self.settler.submit((op, receipt.rid, receipt.token, a, b))
+        status = await self.settler.submit((op, receipt.wid, receipt.token, a, b))
         if status != _scripts.APPLIED:
             raise LeaseLost(
                 f"{_VERBS[op]} of message {receipt.message_id} on queue {self.name} refused: "
@@ -536,7 +540,7 @@ class _Queue:
         """Return fetched but unstarted messages, without counting their delivery."""
         for r in receipts:
             self.leases.remove(r)
-        items = [(b"u", r.rid, r.token, b"", 0) for r in receipts if not r.lost]
+        items: list[Item] = [("u", r.wid, r.token, "", 0) for r in receipts if not r.lost]
         try:
             for start in range(0, len(items), _CHUNK):
                 await self.broker._settle(self, items[start : start + _CHUNK])
@@ -551,23 +555,27 @@ class _Queue:
 
 
 class _RedisReceipt(Receipt):
-    __slots__ = ("lost", "queue", "rid", "token")
+    __slots__ = ("lost", "queue", "rid", "token", "wid")
 
-    def __init__(self, queue: _Queue, rid: bytes, token: bytes, body: bytes, count: int) -> None:
-        super().__init__(rid.decode("utf-8", "replace"), body, count)
+    def __init__(self, queue: _Queue, rid: bytes, token: str, body: bytes, count: int) -> None:
+        wid = _scripts.wire(rid)
+        super().__init__(
+            wid if isinstance(wid, str) else rid.decode("utf-8", "replace"), body, count
+        )
         self.queue = queue
         self.rid = rid
+        self.wid = wid
         self.token = token
         self.lost = False
 
     async def ack(self) -> None:
-        await self.queue.settle(self, b"a")
+        await self.queue.settle(self, "a")
 
     async def dead_letter(self, reason: str) -> None:
-        await self.queue.settle(self, b"d", reason.encode())
+        await self.queue.settle(self, "d", reason)
 
     async def retry(self, body: bytes, delay: float) -> None:
-        await self.queue.settle(self, b"r", body, _ms(delay))
+        await self.queue.settle(self, "r", _scripts.raw_str(body), _ms(delay))
 
     async def requeue(self) -> None:
-        await self.queue.settle(self, b"q")
+        await self.queue.settle(self, "q")

@@ -34,10 +34,11 @@ _CHUNK = 1000
 
 
 class Lease(Protocol):
-    """What the keeper needs of a held message: its id, its lease token, a lost flag."""
+    """What the keeper needs of a held message: its id (raw and packable), lease token, lost flag."""
 
     rid: bytes
-    token: bytes
+    wid: Any
+    token: str
     lost: bool
 
 
@@ -180,10 +181,8 @@ class Keeper:
         for table in list(self._tables.values()):
             leases = table.snapshot()
             for start in range(0, len(leases), _CHUNK):
-                args: list[Any] = [self._lease_ms]
-                for lease in leases[start : start + _CHUNK]:
-                    args += (lease.rid, lease.token)
-                lost = renew(keys=table.keys, args=args)
+                chunk = [(lease.wid, lease.token) for lease in leases[start : start + _CHUNK]]
+                lost = renew(keys=table.keys, args=[self._lease_ms, _scripts.pack(chunk)])
                 self.renewals += 1
                 if lost:
                     n = table.drop_lost(lost)

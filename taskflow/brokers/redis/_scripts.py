@@ -1,11 +1,22 @@
 """The Lua scripts behind every state change of the Redis broker.
 
-Each script works on one queue and receives the same thirteen keys, in the order
-of :data:`QUEUE_KEYS`, all under the namespace's hash tag. Times are
+Each script works on one queue and receives the same thirteen keys, in the
+order of :data:`QUEUE_KEYS`, all under the namespace's hash tag. Times are
 milliseconds of the server's clock (``TIME``), never a client's.
+
+Batches travel as one MessagePack argument (:func:`pack`), decoded in the
+script by ``cmsgpack``: one argument instead of thousands keeps both the
+client's command packing and the server's argument parsing cheap. Inside,
+each script touches Redis with a handful of multi-key commands per batch
+(``HMGET``, multi-field ``HSET``/``HDEL``, multi-member ``ZADD``/``ZREM``),
+not a few commands per message.
 """
 
 from __future__ import annotations
+
+from typing import Any
+
+import msgspec
 
 #: Suffixes of a queue's keys, in the order the scripts receive them.
 QUEUE_KEYS = (
@@ -29,6 +40,36 @@ OWNED_BY_OTHER = 0
 GONE = 2
 NOT_OWNED = 3
 
+_encoder = msgspec.msgpack.Encoder()
+
+
+def raw_str(data: bytes) -> msgspec.Raw:
+    """``data`` as a MessagePack *str*: Redis's cmsgpack has no *bin* type."""
+    n = len(data)
+    if n < 32:
+        head = bytes((0xA0 | n,))
+    elif n < 0x100:
+        head = b"\xd9" + n.to_bytes(1, "big")
+    elif n < 0x10000:
+        head = b"\xda" + n.to_bytes(2, "big")
+    else:
+        head = b"\xdb" + n.to_bytes(4, "big")
+    return msgspec.Raw(head + data)
+
+
+def wire(data: bytes) -> str | msgspec.Raw:
+    """Bytes ready for :func:`pack`: a plain string when they are UTF-8 (the usual case)."""
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        return raw_str(data)
+
+
+def pack(items: Any) -> bytes:
+    """Encode a batch for a script; bytes inside must be wrapped by :func:`wire` or :func:`raw_str`."""
+    return _encoder.encode(items)
+
+
 _PRELUDE = """
 local READY, DELAYED, INFLIGHT, BODY, DC, PRI, OWNER = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local DEAD, DEAD_BODY, DEAD_REASON, NOTIFY, SEQ, QUEUES = KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[13]
@@ -38,10 +79,12 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
-local function ready_score(id)
-  local p = redis.call('HGET', PRI, id)
-  if p then return -tonumber(p) end
-  return 0
+-- A command with a long argument list, split to stay under Lua's unpack limit.
+local function bulk(cmd, key, args)
+  local step = 4000
+  for i = 1, #args, step do
+    redis.call(cmd, key, unpack(args, i, math.min(i + step - 1, #args)))
+  end
 end
 
 local function notify()
@@ -64,10 +107,15 @@ local function id_of(m)
 end
 
 local function to_ready(ids)
+  if #ids == 0 then return end
+  local pris = redis.call('HMGET', PRI, unpack(ids))
   local base = sequence(#ids)
+  local args = {}
   for i, id in ipairs(ids) do
-    redis.call('ZADD', READY, ready_score(id), member(base + i, id))
+    args[#args + 1] = -(tonumber(pris[i]) or 0)
+    args[#args + 1] = member(base + i, id)
   end
+  bulk('ZADD', READY, args)
 end
 
 local function promote(now, limit)
@@ -111,32 +159,45 @@ local function expire_dead(now, ttl, limit)
 end
 """
 
-# ARGV: queue name, then (id, body, priority, delay ms) per message.
-# An id already stored is skipped, so a retried send never duplicates.
+# ARGV: queue name, packed [[id, body, priority, delay ms], ...] (at most 1000).
+# An id already stored is skipped, so a repeated send never duplicates.
 ENQUEUE = (
     _PRELUDE
     + """
-local added, ready, now = 0, 0, nil
-local base = sequence((#ARGV - 1) / 4)
-for i = 2, #ARGV, 4 do
-  local id = ARGV[i]
-  if redis.call('HSETNX', BODY, id, ARGV[i + 1]) == 1 then
-    local pri = tonumber(ARGV[i + 2])
-    if pri ~= 0 then redis.call('HSET', PRI, id, ARGV[i + 2]) end
-    local delay = tonumber(ARGV[i + 3])
+local items = cmsgpack.unpack(ARGV[2])
+local ids = {}
+for i, item in ipairs(items) do ids[i] = item[1] end
+local stored = redis.call('HMGET', BODY, unpack(ids))
+local base = sequence(#items)
+local bodies, pris, ready, delayed, seen = {}, {}, {}, {}, {}
+local now = nil
+for i, item in ipairs(items) do
+  local id, pri, delay = item[1], item[3], item[4]
+  if not stored[i] and not seen[id] then
+    seen[id] = true
+    bodies[#bodies + 1] = id
+    bodies[#bodies + 1] = item[2]
+    if pri ~= 0 then
+      pris[#pris + 1] = id
+      pris[#pris + 1] = pri
+    end
     if delay > 0 then
       now = now or now_ms()
-      redis.call('ZADD', DELAYED, now + delay, id)
+      delayed[#delayed + 1] = now + delay
+      delayed[#delayed + 1] = id
     else
-      redis.call('ZADD', READY, -pri, member(base + (i + 2) / 4, id))
-      ready = ready + 1
+      ready[#ready + 1] = -pri
+      ready[#ready + 1] = member(base + i, id)
     end
-    added = added + 1
   end
 end
-if ready > 0 then notify() end
+bulk('HSET', BODY, bodies)
+bulk('HSET', PRI, pris)
+bulk('ZADD', DELAYED, delayed)
+bulk('ZADD', READY, ready)
+if #ready > 0 then notify() end
 redis.call('SADD', QUEUES, ARGV[1])
-return added
+return #bodies / 2
 """
 )
 
@@ -153,23 +214,37 @@ promote(now, 1000)
 reap(now, 1000)
 local popped = redis.call('ZPOPMIN', READY, n)
 local out = {}
-local deadline = now + lease
-for i = 1, #popped, 2 do
-  local id = id_of(popped[i])
-  local size = redis.call('HSTRLEN', BODY, id)
-  out[#out + 1] = id
-  if size > max_size then
-    bury(id, 'too_large: ' .. size .. ' bytes over the limit of ' .. max_size, now)
-    out[#out + 1] = size
-    out[#out + 1] = 0
-  else
-    out[#out + 1] = redis.call('HGET', BODY, id) or ''
-    out[#out + 1] = redis.call('HINCRBY', DC, id, 1)
-    redis.call('ZADD', INFLIGHT, deadline, id)
-    redis.call('HSET', OWNER, id, token)
+if #popped > 0 then
+  local ids = {}
+  for i = 1, #popped, 2 do ids[#ids + 1] = id_of(popped[i]) end
+  local bodies = redis.call('HMGET', BODY, unpack(ids))
+  local counts = redis.call('HMGET', DC, unpack(ids))
+  local deadline = now + lease
+  local dc, inflight, owner = {}, {}, {}
+  for i, id in ipairs(ids) do
+    local body = bodies[i] or ''
+    out[#out + 1] = id
+    if #body > max_size then
+      bury(id, 'too_large: ' .. #body .. ' bytes over the limit of ' .. max_size, now)
+      out[#out + 1] = #body
+      out[#out + 1] = 0
+    else
+      local count = (tonumber(counts[i]) or 0) + 1
+      out[#out + 1] = body
+      out[#out + 1] = count
+      dc[#dc + 1] = id
+      dc[#dc + 1] = count
+      inflight[#inflight + 1] = deadline
+      inflight[#inflight + 1] = id
+      owner[#owner + 1] = id
+      owner[#owner + 1] = token
+    end
   end
+  bulk('HSET', DC, dc)
+  bulk('ZADD', INFLIGHT, inflight)
+  bulk('HSET', OWNER, owner)
+  if redis.call('ZCARD', READY) > 0 then notify() end
 end
-if #popped > 0 and redis.call('ZCARD', READY) > 0 then notify() end
 local wait = -1
 if #out == 0 then
   local first = redis.call('ZRANGE', DELAYED, 0, 0, 'WITHSCORES')
@@ -179,57 +254,64 @@ return {wait, out}
 """
 )
 
-# ARGV: (op, id, token, a, b) per item. Ops: a = ack, d = dead-letter (a: reason),
-# r = retry (a: new body, b: delay ms), q = requeue, u = hand back unstarted
-# (requeue without counting the delivery). Only the lease holder may settle.
+# ARGV: packed [[op, id, token, a, b], ...]. Ops: a = ack, d = dead-letter
+# (a: reason), r = retry (a: new body, b: delay ms), q = requeue, u = hand back
+# unstarted (requeue without counting the delivery). Only the lease holder
+# may settle; returns one status code per item.
 SETTLE = (
     (
         _PRELUDE
         + """
+local items = cmsgpack.unpack(ARGV[1])
+local ids = {}
+for i, item in ipairs(items) do ids[i] = item[2] end
+local owners = redis.call('HMGET', OWNER, unpack(ids))
+local results, settled, acked, requeued = {}, {}, {}, {}
 local now = nil
-local results = {}
-local woke = false
-for i = 1, #ARGV, 5 do
-  local op, id = ARGV[i], ARGV[i + 1]
-  local owner = redis.call('HGET', OWNER, id)
-  local status
-  if owner == ARGV[i + 2] then
-    status = $APPLIED
-    redis.call('ZREM', INFLIGHT, id)
-    redis.call('HDEL', OWNER, id)
+for i, item in ipairs(items) do
+  local op, id = item[1], item[2]
+  if owners[i] == item[3] then
+    results[i] = $APPLIED
+    settled[#settled + 1] = id
     if op == 'a' then
-      redis.call('HDEL', BODY, id)
-      redis.call('HDEL', DC, id)
-      redis.call('HDEL', PRI, id)
+      acked[#acked + 1] = id
     elseif op == 'd' then
       now = now or now_ms()
-      bury(id, ARGV[i + 3], now)
+      bury(id, item[4], now)
     elseif op == 'r' then
-      redis.call('HSET', BODY, id, ARGV[i + 3])
+      redis.call('HSET', BODY, id, item[4])
       redis.call('HDEL', DC, id)
-      local delay = tonumber(ARGV[i + 4])
-      if delay > 0 then
+      if item[5] > 0 then
         now = now or now_ms()
-        redis.call('ZADD', DELAYED, now + delay, id)
+        redis.call('ZADD', DELAYED, now + item[5], id)
       else
-        to_ready({id})
-        woke = true
+        requeued[#requeued + 1] = id
       end
     else
       if op == 'u' then redis.call('HINCRBY', DC, id, -1) end
-      to_ready({id})
-      woke = true
+      requeued[#requeued + 1] = id
     end
-  elseif owner then
-    status = $OWNED_BY_OTHER
+  elseif owners[i] then
+    results[i] = $OWNED_BY_OTHER
   elseif redis.call('HEXISTS', BODY, id) == 1 then
-    status = $NOT_OWNED
+    results[i] = $NOT_OWNED
   else
-    status = $GONE
+    results[i] = $GONE
   end
-  results[#results + 1] = status
 end
-if woke then notify() end
+if #settled > 0 then
+  bulk('ZREM', INFLIGHT, settled)
+  bulk('HDEL', OWNER, settled)
+end
+if #acked > 0 then
+  bulk('HDEL', BODY, acked)
+  bulk('HDEL', DC, acked)
+  bulk('HDEL', PRI, acked)
+end
+if #requeued > 0 then
+  to_ready(requeued)
+  notify()
+end
 return results
 """
     )
@@ -239,20 +321,26 @@ return results
     .replace("$GONE", str(GONE))
 )
 
-# ARGV: lease ms, then (id, token) pairs. Extends the leases still held;
+# ARGV: lease ms, packed [[id, token], ...]. Extends the leases still held;
 # returns the ids whose lease was taken back.
 RENEW = (
     _PRELUDE
     + """
 local deadline = now_ms() + tonumber(ARGV[1])
-local lost = {}
-for i = 2, #ARGV, 2 do
-  if redis.call('HGET', OWNER, ARGV[i]) == ARGV[i + 1] then
-    redis.call('ZADD', INFLIGHT, deadline, ARGV[i])
+local items = cmsgpack.unpack(ARGV[2])
+local ids = {}
+for i, item in ipairs(items) do ids[i] = item[1] end
+local owners = redis.call('HMGET', OWNER, unpack(ids))
+local lost, held = {}, {}
+for i, item in ipairs(items) do
+  if owners[i] == item[2] then
+    held[#held + 1] = deadline
+    held[#held + 1] = item[1]
   else
-    lost[#lost + 1] = ARGV[i]
+    lost[#lost + 1] = item[1]
   end
 end
+bulk('ZADD', INFLIGHT, held)
 return lost
 """
 )
@@ -318,20 +406,22 @@ if #ARGV > 2 then
 else
   ids = redis.call('ZRANGE', DEAD, 0, tonumber(ARGV[2]) - 1)
 end
-local n = 0
+local moved = {}
 for _, id in ipairs(ids) do
   local body = redis.call('HGET', DEAD_BODY, id)
   if body then
     redis.call('HSET', BODY, id, body)
     redis.call('HDEL', DC, id)
     redis.call('HDEL', PRI, id)
-    to_ready({id})
-    forget_dead({id})
-    n = n + 1
+    moved[#moved + 1] = id
   end
 end
-if n > 0 then notify() end
-return n
+if #moved > 0 then
+  to_ready(moved)
+  forget_dead(moved)
+  notify()
+end
+return #moved
 """
 )
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import anyio
 
-Item = tuple[bytes, bytes, bytes, bytes, int]  # op, id, token, a, b
+Item = tuple[str, Any, str, Any, int]  # op, id, token, a, b (see _scripts.SETTLE)
 Flush = Callable[[Sequence[Item]], Awaitable[list[int]]]
 
 MAX_BATCH = 500
