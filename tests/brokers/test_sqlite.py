@@ -23,7 +23,7 @@ QUEUE = "jobs"
 
 
 def db_rows(path: Path, query: str, params: tuple[Any, ...] = ()) -> list[Any]:
-    with closing(sqlite3.connect(path, timeout=10)) as conn:
+    with closing(sqlite3.connect(path, timeout=10, isolation_level=None)) as conn:
         return conn.execute(query, params).fetchall()
 
 
@@ -469,3 +469,60 @@ async def test_results_true_keeps_results_in_the_same_file(path: Path) -> None:
         async with Worker(b, [QUEUE]):
             assert await message.result(timeout=10) == 5
     assert db_rows(path, "SELECT count(*) FROM taskflow_messages") == [(0,)]
+
+
+# -- suspects -------------------------------------------------------------------------
+
+
+async def test_suspect_is_leased_alone_and_holds_back_its_consumer(
+    broker: SQLiteBroker, path: Path
+) -> None:
+    # Given a message whose lease expired twice (its workers died holding it), between two others
+    echo = echo_actor(broker)
+    first, suspect, last = await echo.send_many([(1,), (2,), (3,)])
+    db_rows(path, "UPDATE taskflow_messages SET expiries = 2 WHERE id = ?", (suspect.id,))
+    got: list[Delivery] = []
+    arrived = anyio.Condition()
+
+    async def consume() -> None:
+        async for d in broker.consume(QUEUE, prefetch=10):
+            async with arrived:
+                got.append(d)
+                arrived.notify_all()
+
+    async def wait_for(n: int) -> None:
+        with anyio.fail_after(10):
+            async with arrived:
+                while len(got) < n:
+                    await arrived.wait()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(consume)
+        # Then the batch stops before the suspect, and the suspect comes alone
+        await wait_for(2)
+        assert [d.message.id for d in got] == [first.id, suspect.id]
+        assert await broker.stats(QUEUE) == (1, 0, 2, 0)
+        # And nothing more is fetched until the suspect is settled
+        await anyio.sleep(0.3)
+        assert len(got) == 2 and await broker.stats(QUEUE) == (1, 0, 2, 0)
+        await got[1].ack()
+        await wait_for(3)
+        assert got[2].message.id == last.id
+        tg.cancel_scope.cancel()
+
+
+async def test_reaper_counts_lease_expiries(path: Path) -> None:
+    async with SQLiteBroker(path, visibility_timeout=0.3, heartbeat_interval=60) as b:
+        echo = echo_actor(b)
+        await echo.send(1)
+        for expected in (1, 2):
+            [d] = await take(b)
+
+            async def reaped(expected: int = expected) -> bool:
+                return db_rows(path, "SELECT expiries FROM taskflow_messages") == [(expected,)]
+
+            await poll_until(reaped, 5)
+        [d] = await take(b)
+        assert d.delivery_count == 3
+        await d.retry(0)
+        assert db_rows(path, "SELECT expiries, deliveries FROM taskflow_messages") == [(0, 0)]

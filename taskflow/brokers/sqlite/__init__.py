@@ -30,6 +30,15 @@ Threads:
   read (no lock, thanks to WAL) and only writes when there is work, so an idle
   reaper costs one index lookup per interval.
 
+Delivery counts: ``deliveries`` goes up when a message is leased, in the
+same statement, so a message that kills its worker is counted before it runs
+and is dead-lettered past ``max_deliveries``. Messages handed back unseen
+(the unstarted rest of a batch) get their count back. The reaper also counts
+lease expiries; a message whose lease expired twice is a suspect and is
+leased alone, with its consumer fetching nothing more until it is settled,
+so that a worker-killing message stops taking innocent prefetched messages
+down with it (see ``SUSPECT_EXPIRIES``).
+
 Polling: a consumer that finds nothing waits 5 ms, then doubles the wait up
 to ``poll_interval`` (50 ms by default), checking readiness with a cheap read
 (no write lock) each time, and sleeping no longer than until the next delayed

@@ -40,6 +40,14 @@ _URL_FLOATS = frozenset(
 )
 _URL_INTS = frozenset({"max_deliveries", "max_message_size"})
 
+#: A message whose lease expired this many times (its worker died or stalled
+#: while holding it, twice) is a suspect: it may be what kills workers. A
+#: suspect is leased alone, and its consumer fetches nothing more until it is
+#: settled, so that if it kills the worker again no innocent message is held
+#: with it and charged a delivery. Innocent messages held by a dying worker
+#: pay at most this many deliveries before they are isolated too.
+SUSPECT_EXPIRIES = 2
+
 
 class _Op:
     """A settlement or send waiting for the next group commit."""
@@ -289,20 +297,45 @@ class SQLiteBroker(Broker):
     # -- consuming ----------------------------------------------------------
 
     async def _claim(self, queue: str, limit: int) -> list[_SQLiteReceipt]:
-        params = {
-            "owner": self.owner,
-            "lease": self.visibility_timeout,
-            "queue": queue,
-            "limit": limit,
-        }
+        """Lease up to ``limit`` ready messages, best first, in one transaction.
 
-        def claim(conn: sqlite3.Connection) -> list[Any]:
-            return conn.execute(sql.CLAIM, params).fetchall()
+        A suspect (see :data:`SUSPECT_EXPIRIES`) is never leased with others:
+        the batch stops before the first suspect, or is that suspect alone.
+        """
+        params = {"owner": self.owner, "lease": self.visibility_timeout}
 
-        rows = await self._write(claim)
-        rows.sort(key=lambda r: (-r[3], r[4], r[0]))  # RETURNING does not keep the order
+        def claim(conn: sqlite3.Connection) -> tuple[list[int], list[Any], bool]:
+            candidates = conn.execute(sql.CANDIDATES, {"queue": queue, "limit": limit}).fetchall()
+            seqs = [seq for seq, _ in candidates]
+            first_suspect = next(
+                (i for i, (_, expiries) in enumerate(candidates) if expiries >= SUSPECT_EXPIRIES),
+                None,
+            )
+            if first_suspect is not None:
+                seqs = seqs[:first_suspect] or seqs[:1]
+            if not seqs:
+                return seqs, [], False
+            rows = conn.execute(sql.CLAIM, {**params, "seqs": json.dumps(seqs)}).fetchall()
+            return seqs, rows, first_suspect == 0
+
+        order, rows, suspect = await self._write(claim)
         self._held.update(r[0] for r in rows)
-        return [_SQLiteReceipt(self, queue, seq, i, body, n) for seq, i, body, _, _, n in rows]
+        by_seq = {r[0]: r for r in rows}
+        receipts = []
+        for seq in order:  # RETURNING does not keep the order
+            _, message_id, body, deliveries = by_seq[seq]
+            receipt = _SQLiteReceipt(self, queue, seq, message_id, body, deliveries)
+            if suspect:
+                logger.warning(
+                    "message %s on %s was in flight when its worker died %d times or more; "
+                    "running it alone",
+                    message_id,
+                    queue,
+                    SUSPECT_EXPIRIES,
+                )
+                receipt.quarantine = anyio.Event()
+            receipts.append(receipt)
+        return receipts
 
     async def _next_due(self, queue: str) -> float | None:
         def probe(conn: sqlite3.Connection) -> float | None:
@@ -338,7 +371,10 @@ class SQLiteBroker(Broker):
                     wait = 0.005
                     batch.reverse()
                     while batch:
-                        yield batch.pop()
+                        receipt = batch.pop()
+                        yield receipt
+                        if receipt.quarantine is not None:
+                            await receipt.quarantine.wait()
                     continue
                 while not await self._idle_wait(queue, wait):
                     wait = min(wait * 2, self.poll_interval)
@@ -399,7 +435,7 @@ def _execute(statement: str, params: dict[str, Any], conn: sqlite3.Connection) -
 
 
 class _SQLiteReceipt(Receipt):
-    __slots__ = ("_broker", "queue", "seq")
+    __slots__ = ("_broker", "quarantine", "queue", "seq")
 
     def __init__(
         self,
@@ -414,6 +450,8 @@ class _SQLiteReceipt(Receipt):
         self._broker = broker
         self.queue = queue
         self.seq = seq
+        # Set when a suspect is settled; its consumer fetches nothing until then.
+        self.quarantine: anyio.Event | None = None
 
     async def _settle(self, statement: str, **params: Any) -> int:
         broker = self._broker
@@ -422,6 +460,8 @@ class _SQLiteReceipt(Receipt):
             return await broker._commit(partial(_execute, statement, params))
         finally:
             broker._held.discard(self.seq)
+            if self.quarantine is not None:
+                self.quarantine.set()
 
     async def _fenced(self, action: str, statement: str, **params: Any) -> None:
         if not await self._settle(statement, **params):

@@ -19,6 +19,7 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
     priority INTEGER NOT NULL DEFAULT 0,
     ready_at REAL NOT NULL,
     deliveries INTEGER NOT NULL DEFAULT 0,
+    expiries INTEGER NOT NULL DEFAULT 0,
     lease_owner TEXT,
     lease_expires REAL,
     dead_at REAL,
@@ -43,15 +44,16 @@ INSERT INTO {TABLE} (queue, id, body, priority, ready_at) VALUES (?, ?, ?, ?, {N
 # plain sends). The index walk finds the ready messages of a priority before
 # its delayed ones, so delayed messages cost nothing until they are due;
 # without INDEXED BY the planner prefers the ``due`` index and sorts the queue.
+CANDIDATES = f"""
+SELECT seq, expiries FROM {TABLE} INDEXED BY taskflow_messages_next
+WHERE queue = :queue AND {WAITING} AND ready_at <= {NOW}
+ORDER BY priority DESC, ready_at, seq LIMIT :limit
+"""
 CLAIM = f"""
 UPDATE {TABLE}
 SET lease_owner = :owner, lease_expires = {NOW} + :lease, deliveries = deliveries + 1
-WHERE seq IN (
-    SELECT seq FROM {TABLE} INDEXED BY taskflow_messages_next
-    WHERE queue = :queue AND {WAITING} AND ready_at <= {NOW}
-    ORDER BY priority DESC, ready_at, seq LIMIT :limit
-)
-RETURNING seq, id, body, priority, ready_at, deliveries
+WHERE seq IN (SELECT value FROM json_each(:seqs)) AND {WAITING}
+RETURNING seq, id, body, deliveries
 """
 # Seconds until the first waiting message is due (<= 0: one is ready), or NULL.
 NEXT_DUE = f"SELECT MIN(ready_at) - {NOW} FROM {TABLE} WHERE queue = ? AND {WAITING}"
@@ -59,8 +61,8 @@ HELD = f"seq = :seq AND lease_owner = :owner AND lease_expires > {NOW}"
 ACK = f"DELETE FROM {TABLE} WHERE {HELD}"
 RETRY = f"""
 UPDATE {TABLE}
-SET body = :body, ready_at = {NOW} + :delay, deliveries = 0, lease_owner = NULL,
-    lease_expires = NULL
+SET body = :body, ready_at = {NOW} + :delay, deliveries = 0, expiries = 0,
+    lease_owner = NULL, lease_expires = NULL
 WHERE {HELD}
 """
 DEAD_LETTER = f"""
@@ -85,7 +87,7 @@ SELECT
     EXISTS (SELECT 1 FROM {TABLE} WHERE dead_at IS NOT NULL AND dead_until <= {NOW})
 """
 REAP_LEASES = f"""
-UPDATE {TABLE} SET lease_owner = NULL, lease_expires = NULL
+UPDATE {TABLE} SET lease_owner = NULL, lease_expires = NULL, expiries = expiries + 1
 WHERE lease_owner IS NOT NULL AND lease_expires <= {NOW}
 """
 REAP_DEAD = f"DELETE FROM {TABLE} WHERE dead_at IS NOT NULL AND dead_until <= {NOW}"
@@ -104,7 +106,8 @@ ORDER BY dead_at, seq LIMIT :limit
 """
 REQUEUE_DEAD = f"""
 UPDATE {TABLE}
-SET dead_at = NULL, dead_until = NULL, reason = NULL, ready_at = {NOW}, deliveries = 0
+SET dead_at = NULL, dead_until = NULL, reason = NULL, ready_at = {NOW}, deliveries = 0,
+    expiries = 0
 WHERE {LIVE_DEAD}
 """
 ONLY_IDS = " AND id IN (SELECT value FROM json_each(:ids))"
