@@ -33,6 +33,12 @@ FACTORIES: dict[str, Factory] = {
     "redis": lambda request, tmp_path, options: __import__(
         "tests.apps.redis_app", fromlist=["contract_broker"]
     ).contract_broker(request, options),
+    "rabbitmq": lambda request, tmp_path, options: __import__(
+        "tests.apps.rabbitmq_app", fromlist=["contract_broker"]
+    ).contract_broker(request, options),
+    "rabbitmq-quorum": lambda request, tmp_path, options: __import__(
+        "tests.apps.rabbitmq_app", fromlist=["contract_broker"]
+    ).contract_broker(request, options, queue_type="quorum"),
 }
 
 

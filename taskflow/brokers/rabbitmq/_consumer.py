@@ -1,0 +1,374 @@
+"""Consumers and receipts of the RabbitMQ broker."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from aio_pika.exceptions import ChannelInvalidStateError
+from aiormq.exceptions import AMQPError
+
+from taskflow.broker import DeadRecord, Receipt
+from taskflow.errors import BrokerError, LeaseLost
+
+if TYPE_CHECKING:
+    from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustQueue
+    from aiormq.abc import DeliveredMessage
+
+    from taskflow.brokers.rabbitmq._broker import RabbitMQBroker
+    from taskflow.brokers.rabbitmq._topology import QueueNames, QueueType
+
+logger = logging.getLogger("taskflow.brokers.rabbitmq")
+
+H_DELIVERIES = "x-tf-deliveries"
+H_REASON = "x-tf-reason"
+H_DEAD_AT = "x-tf-dead-at"
+H_DELAY_LEFT = "x-tf-delay-left"
+
+_SETTLE_ERRORS = (ChannelInvalidStateError, AMQPError, ConnectionError, OSError)
+
+
+def _int(value: Any) -> int:
+    try:
+        return max(int(value), 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def prior_deliveries(message: AbstractIncomingMessage, queue_type: QueueType) -> int:
+    """How many times ``message`` was delivered before this delivery.
+
+    The ``x-tf-deliveries`` header carries the count across republishing;
+    on top of it a quorum queue reports its own redeliveries in
+    ``x-delivery-count``, and a classic queue only flags one.
+    """
+    headers = message.headers or {}
+    prior = _int(headers.get(H_DELIVERIES))
+    if queue_type == "quorum":
+        return prior + _int(headers.get("x-delivery-count"))
+    return prior + (1 if message.redelivered else 0)
+
+
+def dead_record(got: DeliveredMessage) -> DeadRecord:
+    """A dead letter read with ``basic.get`` as a :class:`DeadRecord`."""
+    properties = got.header.properties
+    headers: dict[str, Any] = dict(properties.headers or {})
+    reason = headers.get(H_REASON)
+    dead_at: Any = headers.get(H_DEAD_AT)
+    if reason is None:
+        # Dead-lettered by RabbitMQ itself (a quorum delivery limit, a reject).
+        deaths = headers.get("x-death")
+        death: dict[str, Any] = (
+            deaths[0] if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict) else {}
+        )
+        cause = str(death.get("reason", "unknown"))
+        reason = (
+            "delivery_limit_exceeded: RabbitMQ's delivery limit"
+            if cause == "delivery_limit"
+            else f"rabbitmq_{cause}: dead-lettered by RabbitMQ"
+        )
+        when = death.get("time")
+        dead_at = when.timestamp() if isinstance(when, dt.datetime) else None
+    if isinstance(reason, bytes):
+        reason = reason.decode(errors="replace")
+    try:
+        dead_at_unix = float(dead_at) if dead_at is not None else time.time()
+    except (TypeError, ValueError):
+        dead_at_unix = time.time()
+    return DeadRecord(properties.message_id or "", got.body, str(reason), dead_at_unix)
+
+
+class Consumer:
+    """``basic.consume`` on a robust channel of its own, with its prefetch buffer.
+
+    RabbitMQ's prefetch (``basic_qos``) counts every unacked delivery, also
+    those handed out and still being processed, while taskflow's ``prefetch``
+    bounds only what waits in the buffer. So when everything a consumer
+    received is handed out and unsettled and the buffer runs dry, a new
+    consumer (with a fresh prefetch window) replaces it on the same channel;
+    the old one is cancelled, and its deliveries stay valid until settled.
+
+    aio-pika restores the channel, its QoS and the active consumer after a
+    reconnection; deliveries still buffered from the dead channel are
+    dropped (RabbitMQ requeued them).
+    """
+
+    def __init__(
+        self,
+        broker: RabbitMQBroker,
+        queue: str,
+        names: QueueNames,
+        prefetch: int,
+        arguments: dict[str, Any],
+    ) -> None:
+        self.broker = broker
+        self.queue = queue
+        self.names = names
+        self.prefetch = prefetch
+        self.arguments = arguments
+        self.buffer: deque[AbstractIncomingMessage] = deque()
+        self.wakeup = asyncio.Event()
+        self.channel: AbstractRobustChannel | None = None
+        self.amqp_queue: AbstractRobustQueue | None = None
+        self.tag: str | None = None
+        self.unsettled: Counter[str] = Counter()  # per consumer tag
+        self.outstanding = 0  # handed out, not settled
+        self.generations = 0
+        self.stopped = False
+
+    @staticmethod
+    def alive(message: AbstractIncomingMessage) -> bool:
+        """Whether ``message`` is unsettled on a channel that is still open."""
+        if message.processed:
+            return False
+        try:
+            return not message.channel.is_closed
+        except ChannelInvalidStateError:
+            return False
+
+    async def start(self) -> None:
+        """Open the channel, set the prefetch and start consuming."""
+        broker = self.broker
+        with anyio.fail_after(broker.send_timeout):
+            self.channel = await broker.connection.channel(publisher_confirms=False)
+            try:
+                await self.channel.set_qos(prefetch_count=self.prefetch)
+                self.amqp_queue = await self.channel.declare_queue(
+                    self.names.main,
+                    durable=True,
+                    arguments=broker.topology.main_arguments(self.names),
+                )
+                await self._subscribe()
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await self._close_channel()
+                raise
+
+    async def _subscribe(self) -> None:
+        assert self.amqp_queue is not None
+        self.generations += 1
+        self.tag = await self.amqp_queue.consume(self._on_message, arguments=self.arguments or None)
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        self.buffer.append(message)
+        self.unsettled[message.consumer_tag or ""] += 1
+        self.broker.hold(self.queue, message)
+        self.wakeup.set()
+
+    def release(self, message: AbstractIncomingMessage) -> None:
+        """Stop counting ``message`` (settled, handed back or lost)."""
+        tag = message.consumer_tag or ""
+        self.unsettled[tag] -= 1
+        if self.unsettled[tag] <= 0:
+            del self.unsettled[tag]
+        self.broker.release(self.queue, message)
+
+    async def next(self) -> AbstractIncomingMessage:
+        """The next live delivery, waiting for one."""
+        while True:
+            while self.buffer:
+                message = self.buffer.popleft()
+                if self.alive(message):
+                    return message
+                self.release(message)
+            self.wakeup.clear()
+            if self.tag is not None and self.unsettled[self.tag] >= self.prefetch:
+                await self._renew()
+            await self.wakeup.wait()
+
+    async def _renew(self) -> None:
+        """Replace the consumer whose prefetch window is full of unsettled deliveries."""
+        old = self.tag
+        try:
+            with anyio.fail_after(self.broker.send_timeout):
+                await self._subscribe()
+                if old is not None and self.amqp_queue is not None:
+                    await self.amqp_queue.cancel(old)
+        except (TimeoutError, *_SETTLE_ERRORS) as exc:
+            logger.debug("could not renew the consumer of %s: %s", self.queue, exc)
+
+    async def accept(self, message: AbstractIncomingMessage) -> _Receipt | None:
+        """Turn a delivery into a receipt, or settle it here and return ``None``.
+
+        Classic-queue redeliveries are republished with their count raised;
+        messages whose delay outlasts one pass through the ladder go round again.
+        """
+        broker = self.broker
+        prior = prior_deliveries(message, broker.queue_type)
+        headers = message.headers or {}
+        left = _int(headers.get(H_DELAY_LEFT))
+        redelivered = broker.queue_type == "classic" and message.redelivered
+        if not (left or redelivered):
+            self.outstanding += 1
+            message_id = message.message_id or broker.new_message_id()
+            return _Receipt(self, message, message_id, prior + 1)
+        try:
+            await broker.move(
+                self.names,
+                message,
+                delay=left / 1000 if left else 0.0,
+                deliveries=prior,
+            )
+            await message.ack()
+        except (*_SETTLE_ERRORS, BrokerError) as exc:
+            logger.info(
+                "could not republish message %s on %s (%s); RabbitMQ will redeliver it",
+                message.message_id,
+                self.queue,
+                broker._describe(exc),
+            )
+        finally:
+            self.release(message)
+        return None
+
+    async def barrier(self) -> None:
+        """A round trip on this consumer's channel, after which earlier deliveries are buffered."""
+        channel = self.channel
+        if channel is None or channel.is_closed:
+            return
+        try:
+            with anyio.fail_after(self.broker.send_timeout):
+                raw = await channel.get_underlay_channel()
+                await raw.queue_declare(self.names.main, passive=True)
+        except (TimeoutError, *_SETTLE_ERRORS):
+            return
+        for _ in range(4):
+            await asyncio.sleep(0)
+
+    async def stop(self) -> None:
+        """Cancel the consumer and hand back what was fetched but not handed out."""
+        self.stopped = True
+        if self.amqp_queue is not None and self.tag is not None:
+            try:
+                await self.amqp_queue.cancel(self.tag)
+            except _SETTLE_ERRORS:
+                pass
+        returning, self.buffer = list(self.buffer), deque()
+        await asyncio.gather(*(self._hand_back(m) for m in returning))
+        if self.outstanding <= 0:
+            await self._close_channel()
+
+    async def _hand_back(self, message: AbstractIncomingMessage) -> None:
+        broker = self.broker
+        try:
+            if not self.alive(message):
+                return
+            # Not started, so not counted: the copy carries the count so far.
+            await broker.move(
+                self.names, message, deliveries=prior_deliveries(message, broker.queue_type)
+            )
+            await message.ack()
+        except (*_SETTLE_ERRORS, BrokerError):
+            try:
+                if self.alive(message):
+                    await message.nack(requeue=True)
+            except _SETTLE_ERRORS:
+                pass
+        finally:
+            self.release(message)
+
+    async def _close_channel(self) -> None:
+        channel, self.channel = self.channel, None
+        if channel is not None and not channel.is_closed:
+            try:
+                await channel.close()
+            except _SETTLE_ERRORS:
+                pass
+
+    def settled(self, message: AbstractIncomingMessage) -> None:
+        """Bookkeeping after a handed-out delivery was settled (or found lost)."""
+        self.release(message)
+        self.outstanding -= 1
+        if self.stopped and self.outstanding <= 0 and self.channel is not None:
+            task = asyncio.get_running_loop().create_task(self._close_channel())
+            _BACKGROUND.add(task)
+            task.add_done_callback(_BACKGROUND.discard)
+
+
+_BACKGROUND: set[asyncio.Task[None]] = set()
+
+
+class _Receipt(Receipt):
+    __slots__ = ("_consumer", "_done", "_message")
+
+    def __init__(
+        self,
+        consumer: Consumer,
+        message: AbstractIncomingMessage,
+        message_id: str,
+        delivery_count: int,
+    ) -> None:
+        super().__init__(message_id, message.body, delivery_count)
+        self._consumer = consumer
+        self._message = message
+        self._done = False
+
+    def _lost(self) -> LeaseLost:
+        self._finish()
+        return LeaseLost(
+            f"message {self.message_id} was delivered on a RabbitMQ channel that has closed "
+            "since; RabbitMQ requeued it"
+        )
+
+    def _finish(self) -> None:
+        if not self._done:
+            self._done = True
+            self._consumer.settled(self._message)
+
+    def _check(self) -> None:
+        if self._done:
+            raise LeaseLost(f"message {self.message_id} was already settled")
+        if not Consumer.alive(self._message):
+            raise self._lost()
+
+    async def ack(self) -> None:
+        self._check()
+        try:
+            await self._message.ack()
+        except _SETTLE_ERRORS:
+            raise self._lost() from None
+        self._finish()
+
+    async def _replace(self, publish: Callable[[], Awaitable[None]]) -> None:
+        """Publish the replacement (confirmed), then ack this delivery."""
+        self._check()
+        try:
+            await publish()
+        except BaseException:
+            # Nothing was stored: give the message back now rather than
+            # holding it until the channel closes.
+            with anyio.CancelScope(shield=True):
+                try:
+                    if Consumer.alive(self._message):
+                        await self._message.nack(requeue=True)
+                except _SETTLE_ERRORS:
+                    pass
+                self._finish()
+            raise
+        await self.ack()
+
+    async def dead_letter(self, reason: str) -> None:
+        consumer = self._consumer
+        await self._replace(
+            lambda: consumer.broker.bury(consumer.names, self._message, self.message_id, reason)
+        )
+
+    async def retry(self, body: bytes, delay: float) -> None:
+        consumer = self._consumer
+        await self._replace(
+            lambda: consumer.broker.move(consumer.names, self._message, body=body, delay=delay)
+        )
+
+    async def requeue(self) -> None:
+        consumer = self._consumer
+        await self._replace(
+            lambda: consumer.broker.move(
+                consumer.names, self._message, deliveries=self.delivery_count
+            )
+        )

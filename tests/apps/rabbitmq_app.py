@@ -1,0 +1,147 @@
+"""RabbitMQ worker app for the fault tests, and the contract suite's RabbitMQ factories.
+
+Worker processes (``python -m taskflow worker tests.apps.rabbitmq_app:broker``)
+build the broker from the environment:
+
+* ``TASKFLOW_AMQP_URL`` (default ``amqp://guest:guest@127.0.0.1:5672/``),
+* ``TASKFLOW_AMQP_PREFIX``: prefix of every queue name (unique per test),
+* ``TASKFLOW_AMQP_OPTIONS``: JSON object of broker options
+  (``queue_type``, ``max_deliveries`` ...),
+* ``TASKFLOW_LEDGER``: a directory; every actor run appends one line
+  ``<message id> <delivery count> <pid> <event>`` to ``<dir>/<pid>.log``
+  (a file per process, written with O_APPEND, outside the system under test).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from taskflow import Broker, current_message
+from taskflow.brokers.rabbitmq import RabbitMQBroker
+from taskflow.middleware import current_delivery
+
+URL_ENV = "TASKFLOW_AMQP_URL"
+PREFIX_ENV = "TASKFLOW_AMQP_PREFIX"
+OPTIONS_ENV = "TASKFLOW_AMQP_OPTIONS"
+LEDGER_ENV = "TASKFLOW_LEDGER"
+DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+def ledger(event: str) -> None:
+    """Append ``<id> <delivery count> <pid> <event>`` for the current message to the ledger."""
+    directory = os.environ.get(LEDGER_ENV)
+    message = current_message()
+    delivery = current_delivery()
+    if not directory or message is None:
+        return
+    count = delivery.delivery_count if delivery is not None else 0
+    line = f"{message.id} {count} {os.getpid()} {event}\n".encode()
+    fd = os.open(Path(directory) / f"{os.getpid()}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+def read_ledger(directory: Path) -> list[tuple[str, int, int, str]]:
+    """All ledger lines of all processes: (message id, delivery count, pid, event)."""
+    rows = []
+    for path in directory.glob("*.log"):
+        for line in path.read_text().splitlines():
+            mid, count, pid, event = line.split(" ", 3)
+            rows.append((mid, int(count), int(pid), event))
+    return rows
+
+
+def build() -> RabbitMQBroker:
+    options: dict[str, Any] = json.loads(os.environ.get(OPTIONS_ENV) or "{}")
+    return RabbitMQBroker(
+        os.environ.get(URL_ENV, DEFAULT_URL),
+        prefix=os.environ.get(PREFIX_ENV, "tf-test."),
+        **options,
+    )
+
+
+broker = build()
+
+
+@broker.actor(queue="work", max_retries=0, time_limit=None)
+async def record(ms: int = 0) -> None:
+    """Sleep ``ms`` milliseconds on the loop, with a ledger line before and after."""
+    ledger("start")
+    if ms:
+        await anyio.sleep(ms / 1000)
+    ledger("done")
+
+
+@broker.actor(queue="work", max_retries=0, time_limit=None)
+def record_sync(ms: int = 0) -> None:
+    """Sleep ``ms`` milliseconds in a worker thread, with ledger lines."""
+    ledger("start")
+    time.sleep(ms / 1000)
+    ledger("done")
+
+
+@broker.actor(queue="work", max_retries=0, time_limit=None)
+async def crash() -> None:
+    """Kill the worker process outright, as a segfault or the OOM killer would."""
+    ledger("start")
+    os._exit(137)
+
+
+@broker.actor(queue="work", max_retries=0, time_limit=None)
+async def add(x: int, y: int) -> int:
+    """Add two numbers, with a ledger line."""
+    ledger("done")
+    return x + y
+
+
+# -- the contract suite's factories -------------------------------------------
+
+
+CONTRACT_PREFIX = "tf-test."
+
+
+def contract_broker(
+    request: pytest.FixtureRequest, options: dict[str, Any], *, queue_type: str = "classic"
+) -> Broker:
+    """A RabbitMQBroker for one contract test; the queues it declared are deleted afterwards.
+
+    Queue names are unique per test (the ``queue`` fixture), so a shared
+    prefix keeps runs apart while the delay exchanges are reused.
+    """
+    url: str = request.getfixturevalue("amqp_url")
+    if queue_type == "quorum" and request.node.originalname == "test_higher_priority_first":
+        pytest.skip("quorum queues have no message priorities before RabbitMQ 4.0")
+    broker = RabbitMQBroker(
+        url,
+        prefix=CONTRACT_PREFIX,
+        queue_type="quorum" if queue_type == "quorum" else "classic",
+        **options,
+    )
+    request.addfinalizer(lambda: delete_queues(url, CONTRACT_PREFIX, broker.declared_queues))
+    return broker
+
+
+def delete_queues(
+    url: str, prefix: str, queues: set[str] | frozenset[str], *, exchanges: bool = False
+) -> None:
+    """Delete ``queues`` (with their delay and dead-letter queues) under ``prefix``."""
+    if queues or exchanges:
+        asyncio.run(_delete(url, prefix, set(queues), exchanges))
+
+
+async def _delete(url: str, prefix: str, queues: set[str], exchanges: bool) -> None:
+    async with RabbitMQBroker(url, prefix=prefix) as cleaner:
+        for queue in queues:
+            await cleaner.delete_queue(queue)
+        if exchanges:
+            await cleaner.delete_exchanges()
