@@ -1,8 +1,7 @@
 """Results, callbacks, groups and pipelines on every broker in ``FACTORIES``.
 
-Brokers with a store of their own get ``results=True``; RabbitMQ gets a
-:class:`RedisResults` in a namespace of its own. A broker that can take
-neither is skipped.
+Brokers with a store of their own get ``results=True``; the others (RabbitMQ)
+get a :class:`RedisResults` in a namespace of its own.
 """
 
 from __future__ import annotations
@@ -46,12 +45,11 @@ def broker_options(request: pytest.FixtureRequest) -> dict[str, Any]:
     name = request.node.callspec.params["broker"]
     if name in BUILT_IN:
         return {"results": True}
-    if name == "rabbitmq":
-        url = request.getfixturevalue("redis_url")
-        namespace = f"test-results-{uuid.uuid4().hex[:12]}"
-        request.addfinalizer(lambda: _delete(url, f"{namespace}:*", set()))
-        return {"results": RedisResults(url, namespace=namespace)}
-    pytest.skip(f"no result backend known for the {name} broker")
+    # Brokers without a store of their own (RabbitMQ) take a backend object.
+    url = request.getfixturevalue("redis_url")
+    namespace = f"test-results-{uuid.uuid4().hex[:12]}"
+    request.addfinalizer(lambda: _delete(url, f"{namespace}:*", set()))
+    return {"results": RedisResults(url, namespace=namespace)}
 
 
 @pytest.fixture(autouse=True)
