@@ -1,0 +1,1 @@
+"""An aiohttp app that has a taskflow worker compute reports (see README.md)."""
