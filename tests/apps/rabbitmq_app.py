@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -63,9 +64,11 @@ def read_ledger(directory: Path) -> list[tuple[str, int, int, str]]:
 
 def build() -> RabbitMQBroker:
     options: dict[str, Any] = json.loads(os.environ.get(OPTIONS_ENV) or "{}")
+    prefix = os.environ.get(PREFIX_ENV, "tf-test.")
     return RabbitMQBroker(
         os.environ.get(URL_ENV, DEFAULT_URL),
-        prefix=os.environ.get(PREFIX_ENV, "tf-test."),
+        prefix=prefix,
+        connection_name=f"taskflow-test {prefix} worker pid {os.getpid()}",
         **options,
     )
 
@@ -102,6 +105,67 @@ async def add(x: int, y: int) -> int:
     """Add two numbers, with a ledger line."""
     ledger("done")
     return x + y
+
+
+@broker.actor(queue="work", max_retries=0, time_limit=None)
+async def slow_first(ms: int) -> None:
+    """Sleep ``ms`` milliseconds on the first delivery only (later ones finish at once)."""
+    ledger("start")
+    delivery = current_delivery()
+    if delivery is not None and delivery.delivery_count == 1:
+        await anyio.sleep(ms / 1000)
+    ledger("done")
+
+
+@broker.actor(queue="work", max_retries=0, time_limit=None)
+def slow_first_sync(ms: int) -> None:
+    """Like :func:`slow_first`, in a worker thread."""
+    ledger("start")
+    delivery = current_delivery()
+    if delivery is not None and delivery.delivery_count == 1:
+        time.sleep(ms / 1000)
+    ledger("done")
+
+
+@broker.actor(queue="work", max_retries=0, time_limit=None)
+async def crash_before_ack() -> None:
+    """Finish the work, then die before the ack, on the first delivery only."""
+    ledger("done")
+    delivery = current_delivery()
+    if delivery is not None and delivery.delivery_count == 1:
+        os._exit(137)
+
+
+# -- fault injection on the test RabbitMQ -------------------------------------
+
+_CLOSE_CONNECTIONS = """Ps = [P || I <- rabbit_networking:connection_info_all([pid, client_properties]),
+  {pid, P} <- [lists:keyfind(pid, 1, I)],
+  {client_properties, CP} <- [lists:keyfind(client_properties, 1, I)],
+  {_, _, N} <- [lists:keyfind(<<"connection_name">>, 1, CP)],
+  binary:match(N, <<"MARKER">>) =/= nomatch],
+[rabbit_networking:close_connection(P, "taskflow fault test") || P <- Ps],
+length(Ps)."""
+
+
+def rabbitmqctl(*args: str, timeout: float = 60.0) -> str:
+    """Run ``rabbitmqctl`` on the local node; return its output (raise on failure)."""
+    result = subprocess.run(
+        ["rabbitmqctl", *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl {args[0]} failed: {result.stderr.strip()[-500:]}")
+    return result.stdout
+
+
+def close_connections(marker: str) -> int:
+    """Force-close every connection whose name contains ``marker``; return how many.
+
+    The same fault as ``rabbitmqctl close_all_connections``, limited to the
+    test's own connections so that nothing else on the shared server is hit.
+    """
+    if '"' in marker or "\\" in marker:
+        raise ValueError("marker must not contain quotes or backslashes")
+    return int(rabbitmqctl("eval", _CLOSE_CONNECTIONS.replace("MARKER", marker)).strip())
 
 
 # -- the contract suite's factories -------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import math
 import os
 import random
 import socket
@@ -76,7 +77,8 @@ _FATAL = (
     ChannelPreconditionFailed,
     ChannelLockedResource,
 )
-_TRANSIENT = (ChannelInvalidStateError, AMQPError, ConnectionError, OSError)
+# aio-pika raises RuntimeError for a connection that is being restored.
+_TRANSIENT = (ChannelInvalidStateError, AMQPError, ConnectionError, OSError, RuntimeError)
 
 
 async def _spread(
@@ -543,7 +545,7 @@ class RabbitMQBroker(Broker):
         headers = dict(headers or {})
         units = delay_units(delay)
         if units > MAX_UNITS:
-            headers[H_DELAY_LEFT] = int(delay * 1000) - MAX_UNITS * UNIT_MS
+            headers[H_DELAY_LEFT] = math.ceil(delay * 1000) - MAX_UNITS * UNIT_MS
             units = MAX_UNITS
         if units:
             exchange = self.topology.exchanges[units.bit_length() - 1]

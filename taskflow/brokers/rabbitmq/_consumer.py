@@ -12,7 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 from aio_pika.exceptions import ChannelInvalidStateError
-from aiormq.exceptions import AMQPError
+from aiormq.exceptions import (
+    AMQPError,
+    ChannelAccessRefused,
+    ChannelNotFoundEntity,
+    ChannelPreconditionFailed,
+)
 
 from taskflow.broker import DeadRecord, Receipt
 from taskflow.errors import BrokerError, LeaseLost
@@ -32,6 +37,9 @@ H_DEAD_AT = "x-tf-dead-at"
 H_DELAY_LEFT = "x-tf-delay-left"
 
 _SETTLE_ERRORS = (ChannelInvalidStateError, AMQPError, ConnectionError, OSError)
+# aio-pika raises RuntimeError for a connection that is being restored.
+_RETRY = (*_SETTLE_ERRORS, RuntimeError)
+_FATAL = (ChannelAccessRefused, ChannelNotFoundEntity, ChannelPreconditionFailed)
 
 
 def _int(value: Any) -> int:
@@ -133,22 +141,39 @@ class Consumer:
             return False
 
     async def start(self) -> None:
-        """Open the channel, set the prefetch and start consuming."""
+        """Open the channel, set the prefetch and start consuming.
+
+        Retries while the connection is being restored, for up to the
+        broker's ``send_timeout``.
+        """
         broker = self.broker
-        with anyio.fail_after(broker.send_timeout):
-            self.channel = await broker.connection.channel(publisher_confirms=False)
+        deadline = anyio.current_time() + broker.send_timeout
+        pause = 0.05
+        while True:
             try:
-                await self.channel.set_qos(prefetch_count=self.prefetch)
-                self.amqp_queue = await self.channel.declare_queue(
-                    self.names.main,
-                    durable=True,
-                    arguments=broker.topology.main_arguments(self.names),
-                )
-                await self._subscribe()
-            except BaseException:
+                with anyio.fail_after(max(deadline - anyio.current_time(), 0.001)):
+                    await self._open()
+                return
+            except BaseException as exc:
                 with anyio.CancelScope(shield=True):
                     await self._close_channel()
-                raise
+                retry = isinstance(exc, _RETRY) and not isinstance(exc, _FATAL)
+                if not retry or anyio.current_time() + pause >= deadline:
+                    raise
+                await anyio.sleep(pause)
+                pause = min(pause * 2, 1.0)
+
+    async def _open(self) -> None:
+        broker = self.broker
+        await broker.connection.connected.wait()
+        self.channel = await broker.connection.channel(publisher_confirms=False)
+        await self.channel.set_qos(prefetch_count=self.prefetch)
+        self.amqp_queue = await self.channel.declare_queue(
+            self.names.main,
+            durable=True,
+            arguments=broker.topology.main_arguments(self.names),
+        )
+        await self._subscribe()
 
     async def _subscribe(self) -> None:
         assert self.amqp_queue is not None
