@@ -14,8 +14,12 @@ build the broker from the environment:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import socket
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -130,3 +134,108 @@ def delete_namespace(url: str, namespace: str) -> None:
             client.delete(*keys)
     finally:
         client.close()
+
+
+# -- a private redis-server for tests that stop, kill or reconfigure it -------
+
+
+def free_port(low: int = 6300, high: int = 6400) -> int:
+    """A loopback TCP port in ``[low, high)`` that nothing listens on right now."""
+    for port in range(low, high):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {low}..{high}")
+
+
+class RedisServer:
+    """A redis-server of the test's own on a 63xx port, with AOF ``appendfsync always``.
+
+    Never the shared server: tests may shut it down, SIGKILL it and start it
+    again on the same port and directory (so its AOF is replayed).
+    """
+
+    def __init__(self, directory: Path, *extra: str, tls: dict[str, Path] | None = None) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.extra = list(extra)
+        self.tls = tls
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = directory / "redis.log"
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _listen(self) -> list[str]:
+        if self.tls is None:
+            return ["--port", str(self.port)]
+        return [
+            *("--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", "no"),
+            *("--tls-cert-file", str(self.tls["cert"]), "--tls-key-file", str(self.tls["key"])),
+            *("--tls-ca-cert-file", str(self.tls["ca"])),
+        ]
+
+    def start(self) -> None:
+        command = [
+            "redis-server",
+            *self._listen(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--dir",
+            str(self.directory),
+            "--logfile",
+            str(self.log),
+            *self.extra,
+        ]
+        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not self.ping():
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise RuntimeError(f"redis-server did not start: {self.log.read_text()}")
+            time.sleep(0.02)
+
+    def ping(self) -> bool:
+        with contextlib.suppress(redis.RedisError):
+            client = self.client(socket_connect_timeout=1)
+            try:
+                return bool(client.ping())
+            finally:
+                client.close()
+        return False
+
+    def client(self, **options: Any) -> redis.Redis:
+        if self.tls is not None:
+            options = {"ssl": True, "ssl_ca_certs": str(self.tls["ca"]), **options}
+            return redis.Redis(host="localhost", port=self.port, socket_timeout=5, **options)
+        return redis.Redis(port=self.port, socket_timeout=5, **options)
+
+    def shutdown(self) -> None:
+        """Stop it the polite way (``SHUTDOWN``), as an operator would."""
+        self.client().shutdown()
+        self._wait()
+
+    def kill(self) -> None:
+        """SIGKILL it: no chance to write anything more."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self._wait()
+
+    def _wait(self) -> None:
+        assert self.process is not None
+        self.process.wait(10)
+        self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self._wait()

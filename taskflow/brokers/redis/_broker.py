@@ -236,7 +236,7 @@ class RedisBroker(Broker):
         except redis.RedisError as exc:
             logger.debug("cannot read maxmemory-policy: %s", exc)
             return
-        policy = _text(config.get(b"maxmemory-policy", b""))
+        policy = _text(config.get("maxmemory-policy") or config.get(b"maxmemory-policy") or "")
         if policy in _EVICTING:
             logger.warning(
                 "Redis at %s has maxmemory-policy %s: it may evict taskflow's keys and lose "

@@ -128,9 +128,10 @@ class Keeper:
         self._lag_warned = False
         #: Longest event-loop stall seen, in seconds.
         self.max_loop_lag = 0.0
-        #: Lease renewals sent, and leases found taken back.
+        #: Lease renewals sent, leases found taken back, reaper runs (lock won).
         self.renewals = 0
         self.leases_lost = 0
+        self.reaper_runs = 0
 
     def start(self, loop: asyncio.AbstractEventLoop | None) -> None:
         """Start the thread; ``loop`` is watched for stalls."""
@@ -204,6 +205,7 @@ class Keeper:
         )
         if not got:
             return
+        self.reaper_runs += 1
         for raw in client.smembers(self._keys.queues):
             name = raw.decode("utf-8", "replace")
             keys = self._keys.queue(name)

@@ -1,0 +1,525 @@
+"""RedisBroker beyond the shared contract: connections, batching, leases, reaper, bad input.
+
+These run in this process against the test Redis (db 15, a namespace per
+test) or, where a test stops or reconfigures the server, against a private
+``redis-server`` on a 63xx port. The fault tests with worker processes are in
+``test_redis_faults.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import time
+import tracemalloc
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import redis
+import redis.asyncio.connection
+
+from taskflow import BrokerError, BrokerUnavailable, Delivery, LeaseLost, Worker, broker_from_url
+from taskflow.brokers.redis import RedisBroker
+from tests.apps.redis_app import RedisServer, delete_namespace, free_port
+from tests.brokers.test_contract import take
+
+pytestmark = pytest.mark.anyio
+
+Make = Callable[..., RedisBroker]
+
+
+@pytest.fixture
+def make(redis_url: str) -> Iterator[Make]:
+    """Build RedisBrokers on the test Redis, in one fresh namespace (deleted afterwards)."""
+    namespace = f"tf-test-{uuid.uuid4().hex[:12]}"
+    urls: set[str] = set()
+
+    def build(url: str = redis_url, **options: Any) -> RedisBroker:
+        urls.add(url)
+        options.setdefault("namespace", namespace)
+        options.setdefault("reaper_interval", 0.5)
+        return RedisBroker(url, **options)
+
+    yield build
+    for url in urls:
+        if url == redis_url:
+            delete_namespace(url, namespace)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RedisServer]:
+    s = RedisServer(tmp_path)
+    s.start()
+    yield s
+    s.stop()
+
+
+def declare(broker: RedisBroker, queue: str) -> Any:
+    @broker.actor(queue=queue, max_retries=0)
+    async def echo(x: int) -> int:
+        return x
+
+    return echo
+
+
+def raw(broker: RedisBroker, url: str) -> redis.Redis:
+    return redis.Redis.from_url(url)
+
+
+def key(broker: RedisBroker, queue: str, part: str) -> str:
+    return broker._keys.prefix + f":q:{queue}:{part}"
+
+
+async def poll(predicate: Callable[[], bool], timeout: float) -> float:
+    """Wait until ``predicate()``; return how long it took. Fails after ``timeout``."""
+    start = time.monotonic()
+    with anyio.fail_after(timeout):
+        while not predicate():
+            await anyio.sleep(0.02)
+    return time.monotonic() - start
+
+
+# -- URLs, credentials, TLS, server checks ------------------------------------
+
+
+def test_from_url_masks_the_password_and_verifies_tls() -> None:
+    broker = broker_from_url("redis://tf:s3cret@127.0.0.1:6379/15", namespace="x")
+    assert isinstance(broker, RedisBroker)
+    assert "s3cret" not in repr(broker) and "tf:***@127.0.0.1" in repr(broker)
+    tls = RedisBroker("rediss://127.0.0.1:6380/0")
+    options = tls._client_options()
+    assert options["ssl_cert_reqs"] == "required" and options["ssl_check_hostname"] is True
+    assert options["socket_timeout"] > 0 and options["socket_connect_timeout"] > 0
+    with pytest.raises(ValueError, match="namespace"):
+        RedisBroker(namespace="{bad}")
+
+
+async def test_unreachable_server_raises_broker_unavailable_without_the_password(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    url = f"redis://tf:s3cret@127.0.0.1:{free_port()}/0"
+    broker = RedisBroker(url, send_timeout=0.5, connect_timeout=0.2)
+    start = time.monotonic()
+    with pytest.raises(BrokerUnavailable) as info:
+        await broker.connect()
+    assert time.monotonic() - start < 3
+    assert "s3cret" not in str(info.value) and "s3cret" not in caplog.text
+    assert caplog.text.count("lost the connection") == 1
+
+
+async def test_acl_user_limited_to_its_namespace(server: RedisServer) -> None:
+    admin = server.client()
+    admin.execute_command(  # type: ignore[no-untyped-call]
+        "ACL", "SETUSER", "tf", "on", ">pw-s3cret", "~{acl}:*", "+@all", "-@dangerous", "-@admin"
+    )
+    broker = RedisBroker(f"redis://tf:pw-s3cret@127.0.0.1:{server.port}/0", namespace="acl")
+    echo = declare(broker, "q")
+    async with broker:
+        sent = await echo.send(1)
+        [d] = await take(broker, "q")
+        assert d.message.id == sent.id
+        await d.nack("checking dead letters")
+        assert [x.id for x in await broker.dead_letters("q")] == [sent.id]
+        assert await broker.requeue_dead("q") == 1 and await broker.purge("q") == 1
+        async with Worker(broker, ["q"]):
+            await echo.send(2)
+            await broker.join("q", timeout=10)
+        assert await broker.stats("q") == (0, 0, 0, 0)
+    wrong = RedisBroker(f"redis://tf:nope-s3cret@127.0.0.1:{server.port}/0", namespace="acl")
+    with pytest.raises(BrokerError) as info:
+        await wrong.connect()
+    assert "s3cret" not in str(info.value)
+    outside = RedisBroker(f"redis://tf:pw-s3cret@127.0.0.1:{server.port}/0", namespace="other")
+    async with outside:
+        with pytest.raises(BrokerError, match="NOPERM|permission"):
+            await declare(outside, "q").send(1)
+    admin.close()
+
+
+@pytest.fixture
+def certificates(tmp_path: Path) -> dict[str, Path]:
+    """A CA, and a server certificate for the DNS name ``localhost`` only (not 127.0.0.1)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    d = tmp_path / "tls"
+    d.mkdir()
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    new_key = ("-newkey", "rsa:2048", "-nodes")
+    openssl("req", "-x509", *new_key, "-days", "1", "-keyout", "ca.key", "-out", "ca.crt",
+            "-subj", "/CN=taskflow test CA")  # fmt: skip
+    openssl(
+        "req", *new_key, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"
+    )
+    (d / "san.ext").write_text("subjectAltName=DNS:localhost\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "server.crt", "-days", "1", "-extfile", "san.ext")  # fmt: skip
+    return {"ca": d / "ca.crt", "cert": d / "server.crt", "key": d / "server.key"}
+
+
+async def test_tls_verifies_the_certificate_and_the_host_name(
+    tmp_path: Path, certificates: dict[str, Path]
+) -> None:
+    server = RedisServer(tmp_path, tls=certificates)
+    server.start()
+    try:
+        ca = {"ssl_ca_certs": str(certificates["ca"])}
+        good = RedisBroker(f"rediss://localhost:{server.port}/0", redis_options=ca)
+        echo = declare(good, "q")
+        async with good:
+            sent = await echo.send(1)
+            [d] = await take(good, "q")
+            assert d.message.id == sent.id
+            await d.ack()
+        unknown_ca = RedisBroker(f"rediss://localhost:{server.port}/0", send_timeout=0.3)
+        with pytest.raises(BrokerError, match="(?i)certificate verify failed"):
+            await unknown_ca.connect()
+        wrong_host = RedisBroker(
+            f"rediss://127.0.0.1:{server.port}/0", send_timeout=0.3, redis_options=ca
+        )
+        with pytest.raises(BrokerError, match="(?i)certificate verify failed|hostname|match"):
+            await wrong_host.connect()
+    finally:
+        server.stop()
+
+
+async def test_warns_when_redis_may_evict_keys(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = RedisServer(tmp_path, "--maxmemory", "100mb", "--maxmemory-policy", "allkeys-lru")
+    server.start()
+    try:
+        async with RedisBroker(server.url):
+            pass
+    finally:
+        server.stop()
+    assert "maxmemory-policy allkeys-lru" in caplog.text
+
+
+# -- batching -----------------------------------------------------------------
+
+
+@pytest.fixture
+def writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the writes of every redis-py asyncio connection (one per round trip)."""
+    calls: list[int] = []
+    original = redis.asyncio.connection.AbstractConnection.send_packed_command
+
+    async def counting(self: Any, command: Any, check_health: bool = True) -> None:
+        calls.append(1)
+        await original(self, command, check_health)
+
+    monkeypatch.setattr(
+        redis.asyncio.connection.AbstractConnection, "send_packed_command", counting
+    )
+    return calls
+
+
+async def test_send_many_is_one_round_trip(make: Make, queue: str, writes: list[int]) -> None:
+    broker = make()
+    echo = declare(broker, queue)
+    async with broker:
+        writes.clear()
+        sent = await echo.send_many([(i,) for i in range(2500)])
+        assert len(writes) == 1
+        writes.clear()
+        await echo.send(1)
+        assert len(writes) == 1
+        assert (await broker.stats(queue)).ready == 2501
+        got = await take(broker, queue, 2500, prefetch=1000)
+        assert [d.message.id for d in got] == [m.id for m in sent]
+
+
+async def test_fetch_and_acks_come_in_batches(make: Make, queue: str, writes: list[int]) -> None:
+    broker = make()
+    echo = declare(broker, queue)
+    async with broker:
+        await echo.send_many([(i,) for i in range(200)])
+        writes.clear()
+        deliveries = await take(broker, queue, 200, prefetch=200)
+        fetches = len(writes)
+        writes.clear()
+        async with anyio.create_task_group() as tg:
+            for d in deliveries:
+                tg.start_soon(d.ack)
+        acks = len(writes)
+        assert await broker.stats(queue) == (0, 0, 0, 0)
+    # One fetch script call; 200 concurrent acks coalesced into a couple of calls.
+    assert fetches <= 2 and acks <= 3, (fetches, acks)
+
+
+async def test_idle_consumer_wakes_at_once(make: Make, queue: str, redis_url: str) -> None:
+    broker = make(idle_timeout=10.0, redis_options={"client_name": f"tf-wake-{queue}"})
+    echo = declare(broker, queue)
+    admin = redis.Redis.from_url(redis_url)
+
+    def blocked() -> bool:
+        return any(
+            c.get("name") == f"tf-wake-{queue}" and c.get("cmd") == "blpop"
+            for c in admin.client_list()
+        )
+
+    async with broker:
+        for delay in (0.0, 0.4):
+            got: list[Delivery] = []
+            async with anyio.create_task_group() as tg:
+
+                async def consume(got: list[Delivery]) -> None:
+                    got.extend(await take(broker, queue, 1, timeout=5))
+
+                tg.start_soon(consume, got)
+                await poll(blocked, 5)
+                start = time.monotonic()
+                await echo.send_with_options(args=(1,), delay=delay)
+            elapsed = time.monotonic() - start
+            # idle_timeout is 10 s: only a wake-up, never a poll, explains this.
+            assert delay <= elapsed < delay + 0.3, (delay, elapsed)
+            await got[0].ack()
+    admin.close()
+
+
+# -- leases, fencing, heartbeats, reaper --------------------------------------
+
+
+async def test_late_ack_after_lost_lease_is_refused(make: Make, queue: str) -> None:
+    first = make(visibility_timeout=0.6, reaper_interval=0.2)
+    second = make(visibility_timeout=5)
+    echo = declare(first, queue)
+    async with first, second:
+        sent = await echo.send(1)
+        [stale] = await take(first, queue)
+        # The heartbeat of this delivery stalls: its lease runs out.
+        first._tables[queue].remove(stale._receipt)  # type: ignore[arg-type]
+        [fresh] = await take(second, queue, timeout=5)
+        assert fresh.message.id == sent.id and fresh.delivery_count == 2
+        for settle in (stale.ack, lambda: stale.retry(0), lambda: stale.nack("x")):
+            stale.settled = False
+            with pytest.raises(LeaseLost, match="lease expired"):
+                await settle()
+        assert await second.stats(queue) == (0, 0, 1, 0)
+        await fresh.ack()
+        assert await second.stats(queue) == (0, 0, 0, 0)
+
+
+async def test_heartbeat_keeps_leases_while_the_loop_is_blocked(
+    make: Make, queue: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = make(visibility_timeout=1.0, reaper_interval=0.25)
+    other = make()
+    echo = declare(broker, queue)
+    async with broker, other:
+        await echo.send(1)
+        [d] = await take(broker, queue)
+        time.sleep(3.0)  # noqa: ASYNC251 - an actor blocking the loop three leases long
+        assert broker.keeper is not None and broker.keeper.renewals >= 5
+        await d.ack()
+        assert await broker.stats(queue) == (0, 0, 0, 0)
+        with anyio.move_on_after(0.5):
+            await take(other, queue, 1)
+            pytest.fail("the message was delivered twice")
+    assert "event_loop_blocked" in caplog.text
+
+
+async def test_reaper_returns_orphans_of_a_dead_consumer_on_an_idle_queue(
+    make: Make, queue: str, redis_url: str
+) -> None:
+    crashed = make(visibility_timeout=1.0)
+    survivor = make(visibility_timeout=1.0, reaper_interval=0.5)
+    echo = declare(crashed, queue)
+    admin = redis.Redis.from_url(redis_url)
+    async with crashed, survivor:
+        await echo.send_many([(i,) for i in range(3)])
+        # A consumer that fetched and died: no heartbeat, no hand-back.
+        _, receipts = await crashed._fetch(crashed._queue(queue), 10)
+        assert len(receipts) == 3
+        survivor._start_keeper()
+        ready = key(survivor, queue, "ready")
+        elapsed = await poll(lambda: admin.zcard(ready) == 3, 5)
+        # Nobody fetched or asked for stats: the reaper did it, in time.
+        assert 0.8 <= elapsed <= 1.0 + 0.5 + 0.3, elapsed
+        got = await take(survivor, queue, 3, prefetch=3)
+        assert [d.delivery_count for d in got] == [2, 2, 2]
+    admin.close()
+
+
+async def test_reaper_promotes_delayed_and_drops_old_dead_letters_on_an_idle_queue(
+    make: Make, queue: str, redis_url: str
+) -> None:
+    broker = make(reaper_interval=0.3, dead_letter_ttl=0.5)
+    echo = declare(broker, queue)
+    admin = redis.Redis.from_url(redis_url)
+    async with broker:
+        await echo.send(1)
+        [d] = await take(broker, queue)
+        await d.nack("old")
+        await echo.send_with_options(args=(2,), delay=0.5)
+        assert admin.zcard(key(broker, queue, "delayed")) == 1
+        broker._start_keeper()
+        await poll(lambda: admin.zcard(key(broker, queue, "ready")) == 1, 3)
+        assert admin.zcard(key(broker, queue, "delayed")) == 0
+        await poll(lambda: admin.zcard(key(broker, queue, "dead")) == 0, 3)
+        assert admin.hlen(key(broker, queue, "dead_body")) == 0
+    admin.close()
+
+
+async def test_one_reaper_at_a_time(make: Make) -> None:
+    brokers = [make(reaper_interval=0.4) for _ in range(3)]
+    for b in brokers:
+        await b.connect()
+    try:
+        for b in brokers:
+            b._start_keeper()
+        await anyio.sleep(2.0)
+        runs = [b.keeper.reaper_runs for b in brokers if b.keeper is not None]
+    finally:
+        for b in brokers:
+            await b.close()
+    # Each keeper tries every 0.2 s (30 tries in all); the lock lets one run per 0.2 s.
+    assert 4 <= sum(runs) <= 12, runs
+
+
+async def test_hand_back_does_not_count_a_delivery(make: Make, queue: str) -> None:
+    broker = make()
+    echo = declare(broker, queue)
+    async with broker:
+        await echo.send_many([(i,) for i in range(5)])
+        [first] = await take(broker, queue, 1, prefetch=5)
+        rest = await take(broker, queue, 4, prefetch=5)
+        assert first.delivery_count == 1
+        assert [d.delivery_count for d in rest] == [1, 1, 1, 1]
+
+
+async def test_large_queues_are_purged_and_requeued_in_chunks(make: Make, queue: str) -> None:
+    broker = make()
+    echo = declare(broker, queue)
+    async with broker:
+        await echo.send_many([(i,) for i in range(2500)])
+        assert await broker.purge(queue) == 2500
+        await echo.send_many([(i,) for i in range(1200)])
+        for d in await take(broker, queue, 1200, prefetch=1000):
+            await d.nack("all of them")
+        assert (await broker.stats(queue)).dead == 1200
+        assert len(await broker.dead_letters(queue, limit=5000)) == 1200
+        assert await broker.requeue_dead(queue) == 1200
+        assert await broker.stats(queue) == (1200, 0, 0, 0)
+        assert await broker.purge(queue) == 1200
+
+
+# -- bad input written straight into Redis ------------------------------------
+
+
+CANARY = "CANARY-7f3a9"
+
+
+async def test_bytes_written_straight_into_the_queue_go_to_dead_letters(
+    make: Make, queue: str, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = make()
+    seen: list[int] = []
+
+    @broker.actor(queue=queue, max_retries=0)
+    async def add(x: int, y: int) -> None:
+        seen.append(x)
+
+    bad = {
+        "random": os.urandom(64) + CANARY.encode(),
+        "utf8": b'{"actor": "\xff\xfe' + CANARY.encode() + b'"}',
+        "array": b'["' + CANARY.encode() + b'"]',
+        "missing": b'{"queue": "q", "args": ["' + CANARY.encode() + b'"]}',
+        "deep": b"[" * 100_000,
+        "nan": b'{"id": "x", "queue": "q", "actor": "add", "args": [NaN, 1]}',
+        "eta": b'{"id":"x","queue":"q","actor":"add","eta":"' + CANARY.encode() + b'"}',
+    }
+    admin = redis.Redis.from_url(redis_url)
+    async with broker:
+        await add.send_many([(i, 1) for i in range(20)])
+        for n, (name, body) in enumerate(bad.items()):
+            # Interleaved with the valid ones: sequence numbers 2, 5, 8 ...
+            admin.hset(key(broker, queue, "body"), name, body)
+            admin.zadd(key(broker, queue, "ready"), {f"{3 * n + 2:016d}{name}": 0})
+        admin.zadd(key(broker, queue, "ready"), {"0000000000000009no-body": 0, "short": 0})
+        async with Worker(broker, [queue], concurrency=4) as worker:
+            await broker.join(queue, timeout=20)
+        assert worker.processed == 20 and sorted(seen) == list(range(20))
+        dead = {d.id: d for d in await broker.dead_letters(queue, limit=100)}
+    admin.close()
+    assert set(dead) == {*bad, "no-body", ""}
+    for name, body in bad.items():
+        assert dead[name].body == body and dead[name].reason.startswith("decode_error")
+    assert CANARY not in caplog.text
+
+
+async def test_an_oversized_body_never_leaves_redis(make: Make, queue: str, redis_url: str) -> None:
+    broker = make(max_message_size=256 * 1024)
+    declare(broker, queue)
+    admin = redis.Redis.from_url(redis_url)
+    async with broker:
+        admin.hset(key(broker, queue, "body"), "huge", b"x" * (20 * 1024 * 1024))
+        admin.zadd(key(broker, queue, "ready"), {"0000000000000001huge": 0})
+        tracemalloc.start()
+        try:
+            with anyio.move_on_after(0.5):
+                await take(broker, queue, 1)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        [dead] = await broker.dead_letters(queue)
+    admin.close()
+    assert dead.reason.startswith("too_large: 20971520 bytes")
+    assert peak < 2 * 1024 * 1024, peak
+
+
+# -- the server going away ----------------------------------------------------
+
+
+async def test_send_raises_broker_unavailable_while_redis_is_down(
+    server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = RedisBroker(server.url, send_timeout=1.0)
+    echo = declare(broker, "q")
+    async with broker:
+        await echo.send(1)
+        server.kill()
+        start = time.monotonic()
+        with pytest.raises(BrokerUnavailable):
+            await echo.send(2)
+        assert time.monotonic() - start < 2.5
+        server.start()
+        await echo.send(3)
+        assert (await broker.stats("q")).ready == 2  # the AOF kept the first
+    assert caplog.text.count("producer lost the connection") == 1
+
+
+async def test_consumer_resumes_after_redis_restarts(
+    server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "taskflow.brokers.redis")
+    broker = RedisBroker(server.url, visibility_timeout=5, reaper_interval=0.5, send_timeout=5)
+    done: list[int] = []
+
+    @broker.actor(queue="q")
+    async def work(x: int) -> None:
+        done.append(x)
+
+    async with broker, Worker(broker, ["q"], concurrency=4):
+        await work.send(1)
+        delayed = await work.send_with_options(args=(2,), delay=1.5)
+        await poll(lambda: done == [1], 5)
+        server.shutdown()
+        await anyio.sleep(0.5)  # the outage itself
+        server.start()
+        await work.send(3)
+        await poll(lambda: sorted(done) == [1, 2, 3], 10)
+        await broker.join("q", timeout=5)
+    assert delayed.id  # sent before the outage, kept by the AOF, run once after it
+    assert done.count(2) == 1
+    assert caplog.text.count("consumer of q lost the connection") == 1
+    assert "consumer of q reconnected" in caplog.text
