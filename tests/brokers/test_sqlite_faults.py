@@ -1,0 +1,389 @@
+"""Faults with real worker processes on the SQLite broker (RELIABILITY.md S1, S3, S8, S9, S11-S13).
+
+Workers run as ``python -m taskflow worker tests.apps.sqlite_app:broker``;
+their actors record every start and end in a ledger, a SQLite file apart from
+the broker's, and each test counts every message in and out of it after
+proving that its fault happened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import closing
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import anyio
+import pytest
+
+from taskflow import Message
+from tests.apps import sqlite_app as app
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+QUEUE = app.QUEUE
+# Orphans must be back within the lease, one reaper interval and a second of slack.
+RECOVERY_BOUND = app.VISIBILITY_TIMEOUT + app.REAPER_INTERVAL + 1.0
+
+
+class Run(NamedTuple):
+    message_id: str | None
+    n: int | None
+    delivery: int | None
+    worker: str
+    pid: int
+    event: str
+    at: float
+
+
+class Ledger:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        app.create_ledger(str(path))
+
+    def runs(self, event: str | None = None, worker: str | None = None) -> list[Run]:
+        with closing(sqlite3.connect(self.path, timeout=10)) as conn:
+            rows = [Run(*row) for row in conn.execute("SELECT * FROM runs ORDER BY at")]
+        return [
+            r
+            for r in rows
+            if (event is None or r.event == event) and (worker is None or r.worker == worker)
+        ]
+
+    def pids(self, worker: str) -> set[int]:
+        return {r.pid for r in self.runs("worker-start", worker)}
+
+
+class Store:
+    """Read-only view of the broker's file, independent of any broker instance."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        with closing(sqlite3.connect(self.path, timeout=10, isolation_level=None)) as conn:
+            return conn.execute(sql, params).fetchall()
+
+    def states(self) -> tuple[int, int, int]:
+        """(waiting, in flight, dead) message counts."""
+        [row] = self.query(
+            "SELECT COALESCE(SUM(lease_owner IS NULL AND dead_at IS NULL), 0),"
+            " COALESCE(SUM(lease_owner IS NOT NULL), 0), COALESCE(SUM(dead_at IS NOT NULL), 0)"
+            " FROM taskflow_messages"
+        )
+        return row[0], row[1], row[2]
+
+    def dead(self) -> dict[str, tuple[bytes, str]]:
+        rows = self.query(
+            "SELECT id, body, reason FROM taskflow_messages WHERE dead_at IS NOT NULL"
+        )
+        return {i: (body, reason) for i, body, reason in rows}
+
+
+class WorkerProcess:
+    """A ``taskflow worker`` supervisor and its child, in their own process group."""
+
+    def __init__(self, name: str, env: dict[str, str], log: Path, *args: str) -> None:
+        self.name = name
+        self.log = log
+        with log.open("wb") as out:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "taskflow",
+                    "worker",
+                    "tests.apps.sqlite_app:broker",
+                    "--queues",
+                    QUEUE,
+                    *args,
+                ],
+                cwd=REPO,
+                env={**os.environ, **env, app.WORKER_ENV: name},
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def kill_group(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)
+        self.process.wait(10)
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie counts as dead)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    state = next(line for line in status.splitlines() if line.startswith("State:"))
+    return "zombie" not in state
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> float:
+    """Poll ``predicate`` every 20 ms; return when it holds, the seconds it took."""
+    start = time.monotonic()
+    with anyio.move_on_after(timeout):
+        while not predicate():
+            await anyio.sleep(0.02)
+        return time.monotonic() - start
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store(tmp_path / "broker.sqlite3")
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Ledger:
+    return Ledger(tmp_path / "ledger.sqlite3")
+
+
+@pytest.fixture
+def env(store: Store, ledger: Ledger) -> dict[str, str]:
+    return {app.PATH_ENV: str(store.path), app.LEDGER_ENV: str(ledger.path)}
+
+
+@pytest.fixture
+def start_worker(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    started: list[WorkerProcess] = []
+
+    def start(name: str, *args: str, **extra_env: str) -> WorkerProcess:
+        worker = WorkerProcess(name, {**env, **extra_env}, tmp_path / f"{name}.log", *args)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.kill_group()
+
+
+@pytest.fixture
+async def producer(store: Store, env: dict[str, str]) -> AsyncIterator[Any]:
+    """The app's broker in this process, connected only while sending."""
+    yield app.build(str(store.path))
+
+
+async def send(producer: Any, actor: str, calls: list[tuple[Any, ...]]) -> list[Message[Any]]:
+    async with producer:
+        sent: list[Message[Any]] = await producer.actors[actor].send_many(calls)
+    return sent
+
+
+async def test_sigkill_mid_task_loses_nothing_and_orphans_return_on_an_idle_queue(
+    start_worker: Callable[..., WorkerProcess], producer: Any, ledger: Ledger, store: Store
+) -> None:
+    # Given worker A holding 8 messages: 4 running (30 s each) and 4 prefetched
+    sent = await send(producer, "sleepy", [(i, 30.0) for i in range(8)])
+    a = start_worker("A", "--concurrency", "4")
+    await wait_for(lambda: len(ledger.runs("start", "A")) == 4, 20, "A to start 4 messages")
+    await wait_for(lambda: store.states() == (0, 8, 0), 5, "A to hold all 8")
+    # And an idle worker B: nothing else is on the queue
+    start_worker("B", "--concurrency", "4")
+    await wait_for(lambda: bool(ledger.pids("B")), 20, "B to start")
+    [a_child] = ledger.pids("A")
+    # When A's supervisor and child are SIGKILLed
+    killed_at = time.time()
+    os.killpg(a.pid, signal.SIGKILL)
+    assert a.process.wait(10) == -signal.SIGKILL
+    await wait_for(lambda: not alive(a_child), 5, "A's child to die")
+    # Then B runs all 8 within the lease plus one reaper interval, each once
+    await wait_for(lambda: len(ledger.runs("end", "B")) == 8, 20, "B to finish all 8")
+    await wait_for(lambda: store.states() == (0, 0, 0), 5, "the acks")
+    ids = {m.id for m in sent}
+    a_starts, b_starts = ledger.runs("start", "A"), ledger.runs("start", "B")
+    assert not ledger.runs("end", "A")
+    assert {r.delivery for r in a_starts} == {1} and {r.message_id for r in a_starts} < ids
+    assert Counter(r.message_id for r in b_starts) == Counter(ids)
+    assert {r.delivery for r in b_starts} == {2}
+    assert {r.message_id for r in ledger.runs("end", "B")} == ids
+    latest = max(r.at for r in b_starts) - killed_at
+    assert latest <= RECOVERY_BOUND, latest
+
+
+async def test_sigterm_finishes_running_work_and_returns_the_rest_at_once(
+    start_worker: Callable[..., WorkerProcess], producer: Any, ledger: Ledger, store: Store
+) -> None:
+    lease = 10.0
+    # Given worker A (10 s lease) running 2 messages of 1.5 s with 2 more prefetched, 2 waiting
+    sent = await send(producer, "sleepy", [(i, 1.5) for i in range(6)])
+    a = start_worker("A", "--concurrency", "2", **{app.LEASE_ENV: str(lease)})
+    await wait_for(lambda: len(ledger.runs("start", "A")) == 2, 20, "A to start 2 messages")
+    await wait_for(lambda: store.states() == (2, 4, 0), 5, "A to prefetch 2 more")
+    # When A is sent SIGTERM
+    terminated_at = time.monotonic()
+    a.process.send_signal(signal.SIGTERM)
+    # Then it finishes the 2 running messages and exits cleanly, well within the lease
+    assert a.process.wait(10) == 0
+    took = time.monotonic() - terminated_at
+    assert "received SIGTERM" in a.output()
+    assert took < 1.5 + 3.0, took
+    running = {r.message_id for r in ledger.runs("start", "A")}
+    assert {r.message_id for r in ledger.runs("end", "A")} == running and len(running) == 2
+    # And the prefetched ones are back at once, not after the 10 s lease
+    assert store.states() == (4, 0, 0)
+    assert len(ledger.runs("start", "A")) == 2
+    # And another worker runs the rest, each message exactly once in all
+    start_worker("B", "--concurrency", "2", **{app.LEASE_ENV: str(lease)})
+    await wait_for(lambda: len(ledger.runs("end")) == 6, 20, "all 6 to finish")
+    await wait_for(lambda: store.states() == (0, 0, 0), 5, "the acks")
+    ends = Counter(r.message_id for r in ledger.runs("end"))
+    assert ends == Counter(m.id for m in sent)
+    assert {r.delivery for r in ledger.runs("start", "B")} <= {1, 2}
+
+
+async def test_message_that_kills_its_worker_is_dead_lettered_after_max_deliveries(
+    start_worker: Callable[..., WorkerProcess], producer: Any, ledger: Ledger, store: Store
+) -> None:
+    # Given one message that calls os._exit among 20 good ones
+    async with producer:
+        good = await producer.actors["sleepy"].send_many([(i, 0.0) for i in range(10)])
+        poison = await producer.actors["crash"].send(99)
+        good += await producer.actors["sleepy"].send_many([(i, 0.0) for i in range(10, 20)])
+    # When one supervised worker runs them (its supervisor restarts the child)
+    start_worker("A", "--concurrency", "2")
+
+    def drained() -> bool:
+        waiting, in_flight, dead = store.states()
+        return waiting == in_flight == 0 and dead >= 1
+
+    await wait_for(drained, 60, "the queue to drain")
+    # Then the poison ran exactly max_deliveries times, each time killing a different child
+    crashes = ledger.runs("start")
+    crashes = [r for r in crashes if r.message_id == poison.id]
+    assert [r.delivery for r in crashes] == [1, 2, 3]
+    assert len({r.pid for r in crashes}) == 3
+    assert not any(alive(r.pid) for r in crashes)
+    assert len(ledger.pids("A")) == 4  # the first child and three restarts
+    # And it is the only dead letter, with its reason
+    dead = store.dead()
+    assert list(dead) == [poison.id]
+    assert dead[poison.id][1].startswith("delivery_limit_exceeded")
+    # And every good message ran to its end; re-runs only after a crash, never charged past
+    # the limit
+    ends = Counter(r.message_id for r in ledger.runs("end"))
+    assert set(ends) == {m.id for m in good}
+    reruns = [r for r in ledger.runs("start") if r.message_id != poison.id and r.delivery != 1]
+    assert all((r.delivery or 0) <= app.MAX_DELIVERIES for r in reruns)
+    assert sum(ends.values()) - 20 <= len(reruns)
+    assert store.states() == (0, 0, 1)
+
+
+async def test_long_sync_actor_under_a_blocked_loop_keeps_its_lease(
+    start_worker: Callable[..., WorkerProcess], producer: Any, ledger: Ledger, store: Store
+) -> None:
+    # Given worker A running, with a 2 s lease, a sync actor for 5 s and an async actor that
+    # blocks A's event loop for 5 s
+    a = start_worker("A", "--concurrency", "2")
+    await wait_for(lambda: bool(ledger.pids("A")), 20, "A to start")
+    async with producer:
+        slow = await producer.actors["sleepy_sync"].send(0, 5.0)
+        await wait_for(lambda: len(ledger.runs("start", "A")) >= 1, 10, "A to start the sync one")
+        hog = await producer.actors["hog"].send(1, 5.0)
+        await wait_for(lambda: len(ledger.runs("start", "A")) >= 2, 10, "A to start the hog")
+    # And an idle worker B whose reaper would hand both over if their leases lapsed
+    start_worker("B", "--concurrency", "2")
+    await wait_for(lambda: bool(ledger.pids("B")), 20, "B to start")
+    # When both finish
+    await wait_for(lambda: len(ledger.runs("end", "A")) == 2, 15, "both to finish")
+    await wait_for(lambda: store.states() == (0, 0, 0), 5, "both to be acked")
+    # Then the loop really was blocked for 5 s, and nothing ran twice
+    [hog_start] = [r for r in ledger.runs("start") if r.message_id == hog.id]
+    [hog_end] = [r for r in ledger.runs("end") if r.message_id == hog.id]
+    assert hog_end.at - hog_start.at >= 5.0
+    assert Counter(r.message_id for r in ledger.runs("start")) == {slow.id: 1, hog.id: 1}
+    assert not ledger.runs("start", "B")
+    assert "lease_lost" not in a.output()
+
+
+async def test_bad_input_is_dead_lettered_with_a_reason_and_good_work_goes_on(
+    start_worker: Callable[..., WorkerProcess], producer: Any, ledger: Ledger, store: Store
+) -> None:
+    # Given undecodable rows written straight into the table, a message for an unknown actor,
+    # arguments that do not fit, and good messages among them
+    async with producer:
+        add = producer.actors["add"]
+        good = await add.send_many([(i, 1) for i in range(5)])
+        arity = await add.send_with_options(args=(1, 2, 3))
+        types = await add.send_with_options(args=("one", 2))
+        unknown: Message[Any] = Message(queue=QUEUE, actor="not_deployed_yet", args=(1,))
+        await producer.enqueue([unknown])
+        good += await add.send_many([(i, 1) for i in range(5, 10)])
+    raw = {"raw-bytes": b"\xff\x00garbage", "raw-list": b"[1, 2, 3]"}
+    for message_id, body in raw.items():
+        store.query(
+            "INSERT INTO taskflow_messages (queue, id, body, priority, ready_at)"
+            " VALUES (?, ?, ?, 0, 0)",
+            (QUEUE, message_id, body),
+        )
+    # When a worker process consumes them
+    start_worker("A", "--concurrency", "4")
+    await wait_for(lambda: store.states() == (0, 0, 5), 20, "the queue to drain")
+    # Then every bad one is dead with its reason and raw bytes, and every good one ran once
+    dead = store.dead()
+    reasons = {i: reason.split(":", 1)[0] for i, (_, reason) in dead.items()}
+    assert reasons == {
+        "raw-bytes": "decode_error",
+        "raw-list": "decode_error",
+        unknown.id: "unknown_actor",
+        arity.id: "invalid_arguments",
+        types.id: "invalid_arguments",
+    }
+    assert {dead[i][0] for i in raw} == set(raw.values())
+    assert Counter(r.message_id for r in ledger.runs("end")) == Counter(m.id for m in good)
+    assert len(ledger.pids("A")) == 1  # the worker never crashed
+
+
+async def test_many_processes_sending_and_consuming_lose_and_duplicate_nothing(
+    start_worker: Callable[..., WorkerProcess], env: dict[str, str], ledger: Ledger, store: Store
+) -> None:
+    # Given two worker commands of two processes each, consuming while three producer
+    # processes send 300 messages each (half one by one, half in batches)
+    start_worker("A", "--processes", "2", "--concurrency", "20")
+    start_worker("B", "--processes", "2", "--concurrency", "20")
+    producers = [
+        await anyio.open_process(
+            [sys.executable, "-m", "tests.apps.sqlite_app", "produce", "300", f"p{i}"],
+            cwd=REPO,
+            env={**os.environ, **env},
+            stdout=None,
+            stderr=None,
+        )
+        for i in range(3)
+    ]
+    try:
+        with anyio.fail_after(60):
+            assert [await p.wait() for p in producers] == [0, 0, 0]
+    finally:
+        for p in producers:
+            if p.returncode is None:
+                p.kill()
+    # When everything drains
+    sent = [r.message_id for r in ledger.runs("sent")]
+    assert len(sent) == len(set(sent)) == 900
+    await wait_for(lambda: len(ledger.runs("end")) >= 900, 60, "900 runs")
+    await wait_for(lambda: store.states() == (0, 0, 0), 10, "the queue to drain")
+    # Then every sent message ran exactly once, spread over several processes
+    ends = ledger.runs("end")
+    assert Counter(r.message_id for r in ends) == Counter(sent)
+    assert len({r.pid for r in ends}) >= 2
+    assert {r.worker for r in ends} == {"A", "B"}
