@@ -307,3 +307,18 @@ async def test_callback_option_must_name_an_actor() -> None:
     async with broker:
         with pytest.raises(TypeError, match="callback"):
             await job.send_with_options(on_success=object())
+
+
+async def test_none_turns_off_an_actor_callback_for_one_message() -> None:
+    broker = MemoryBroker()
+    succeeded, _, calls = callback_actors(broker)
+
+    @broker.actor(on_success=succeeded)
+    async def job(x: int) -> int:
+        return x
+
+    async with broker:
+        loud = await job.send(1)
+        await job.send_with_options(args=(2,), on_success=None)
+        await drain(broker)
+    assert calls == [("success", loud.id, 1)]

@@ -11,6 +11,10 @@ sent as messages, so they run on a worker like any actor:
   ``error`` is a dict ``{"type": ..., "message": ..., "traceback": ...}``
   describing the exception as text.
 
+A message option set to ``None`` turns off the actor's callback for that
+message. A callback is sent before the message is acked, so a worker dying
+in between sends it again when the message is redelivered.
+
 For example::
 
     @broker.actor
@@ -67,9 +71,12 @@ class Callbacks(Middleware):
             TypeError: A callback option is neither an actor nor a name.
         """
         options = message.options
-        if all(isinstance(options.get(name, ""), str) for name in _OPTIONS):
+        if all(isinstance(options.get(name), str | None) for name in _OPTIONS):
             return message
-        named = {k: callback_name(v) if k in _OPTIONS else v for k, v in options.items()}
+        named = {
+            k: callback_name(v) if k in _OPTIONS and v is not None else v
+            for k, v in options.items()
+        }
         return msgspec.structs.replace(message, options=named)
 
     async def process(self, ctx: Context, call_next: CallNext) -> Any:
