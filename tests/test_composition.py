@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import anyio
@@ -9,7 +10,8 @@ import msgspec
 import pytest
 
 import taskflow
-from taskflow import Broker, ResultFailed, ResultTimeout, Worker, group, pipeline
+from taskflow import Broker, BrokerUnavailable, ResultFailed, ResultTimeout, Worker, group, pipeline
+from taskflow.broker import Envelope
 from taskflow.brokers.memory import MemoryBroker
 from taskflow.errors import ResultsNotConfigured
 from taskflow.middleware import Context, default_middleware
@@ -364,16 +366,44 @@ async def test_redelivered_member_finishes_a_completion_whose_claimer_died() -> 
         await app.broker.enqueue([member])
         await app.drain()
         assert app.count("done") == 0  # a first delivery respects the claim
-        redelivered = Runner(app.broker, redelivered=True)
+        redelivered = Runner(app.broker, rerun=True)
         await redelivered.succeed(Tail.of_options(member.options), 2, member.id)
         await redelivered.flush()
         await app.drain()
         assert app.count("done") == 1
         # Once done, a further redelivery sends nothing.
-        again = Runner(app.broker, redelivered=True)
+        again = Runner(app.broker, rerun=True)
         await again.succeed(Tail.of_options(member.options), 2, member.id)
         await again.flush()
         await app.drain()
+    assert app.count("done") == 1
+
+
+class FlakyBroker(MemoryBroker):
+    """Refuses the first send that holds a message for ``done``."""
+
+    refused = 0
+
+    async def _enqueue(self, queue: str, envelopes: Sequence[Envelope]) -> None:
+        if not self.refused and any(self.codec.decode(e.body).actor == "done" for e in envelopes):
+            self.refused += 1
+            raise BrokerUnavailable("the broker is down")
+        await super()._enqueue(queue, envelopes)
+
+
+async def test_completion_whose_send_failed_is_sent_when_the_member_is_retried(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    broker = FlakyBroker(results=True)
+    app = App(broker)
+    async with app.broker:
+        g = group([app.add.message(1, 1), app.add.message(2, 2)])
+        await g.add_completion_callback(app.done.message("after retry")).run()
+        await app.drain()
+        assert await g.results(timeout=1) == [2, 4]
+    assert broker.refused == 1
+    assert "could not send the next step" in caplog.text
+    assert app.count("add") == 3  # the member that completed the group ran again
     assert app.count("done") == 1
 
 

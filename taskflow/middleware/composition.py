@@ -17,9 +17,9 @@ When a member succeeds, its id is added to a set kept by the result backend
 crash is not counted twice, and the count lives on the server, not in any
 worker. The member that brings the count to the group's size claims the
 completion with an atomic counter (``incr``) and sends the callbacks and the
-next step. If that worker dies after claiming and before sending, the member
-is redelivered, finds the completion claimed but not marked done, and sends
-it then. A completion callback therefore runs once, and is not lost to a
+next step. If that worker dies after claiming and before sending (or the
+send fails and the member is retried), the member runs again, finds the
+completion claimed but not marked done, and sends it then. A completion callback therefore runs once, and is not lost to a
 crash; only a worker dying between sending and marking done (a few
 milliseconds) can make it run twice.
 
@@ -143,10 +143,10 @@ class Runner:
     """
 
     def __init__(
-        self, broker: Broker, *, redelivered: bool = False, ttl: float = DEFAULT_RESULT_TTL
+        self, broker: Broker, *, rerun: bool = False, ttl: float = DEFAULT_RESULT_TTL
     ) -> None:
         self.broker = broker
-        self.redelivered = redelivered
+        self.rerun = rerun
         self.ttl = ttl
         self.out: list[Message[Any]] = []
         self._done: list[tuple[str, float]] = []
@@ -201,9 +201,10 @@ class Runner:
             return
         claim = await backend.incr(_group_key(info.id, "claim"), info.ttl)
         if claim > 1:
-            # Claimed before: go on only if this is a redelivery and the
-            # claimer never finished sending (it died in between).
-            if not self.redelivered or await self._completion_done(info):
+            # Claimed before, by an earlier run of this member (only a member
+            # counted before sees the full count again). Go on if that run
+            # never finished sending: it died, or its send failed and retried.
+            if not self.rerun or await self._completion_done(info):
                 return
             logger.warning("group %s: completing again after a worker died mid-completion", info.id)
         self._done.append((_group_key(info.id, "done"), info.ttl))
@@ -277,7 +278,8 @@ class Composition(Middleware):
         if "pipe_target" not in options and "group_info" not in options:
             return await call_next(ctx)
         tail = Tail.of_options(options)
-        runner = Runner(ctx.broker, redelivered=ctx.delivery.redelivered, ttl=_result_ttl(ctx))
+        rerun = ctx.delivery.redelivered or ctx.message.retries > 0
+        runner = Runner(ctx.broker, rerun=rerun, ttl=_result_ttl(ctx))
         try:
             value = await call_next(ctx)
         except Exception as exc:
