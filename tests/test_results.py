@@ -11,7 +11,7 @@ import anyio
 import msgspec
 import pytest
 
-from taskflow import Broker, ResultFailed, ResultTimeout, Worker
+from taskflow import Broker, BrokerUnavailable, ResultFailed, ResultTimeout, Worker
 from taskflow.brokers.memory import MemoryBroker
 from taskflow.errors import ResultsNotConfigured
 from taskflow.results import ResultRecord
@@ -159,6 +159,30 @@ async def test_only_the_final_outcome_is_stored() -> None:
             await bad.result(timeout=1)
     # One record per message, written once its outcome was final.
     assert sorted((i, r.ok) for i, r in backend.stored) == sorted([(ok.id, True), (bad.id, False)])
+
+
+async def test_a_backend_outage_retries_the_message_instead_of_dead_lettering_it() -> None:
+    class Flaky(SpyResults):
+        async def _put(self, key: str, data: bytes, ttl: float) -> None:
+            if len(self.stored) == 1:
+                raise BrokerUnavailable("results are down")
+            await super()._put(key, data, ttl)
+
+    backend = Flaky()
+    broker = MemoryBroker(results=backend)
+    runs: list[int] = []
+
+    @broker.actor(store_results=True)
+    async def job() -> str:
+        runs.append(1)
+        return "kept"
+
+    async with broker:
+        message = await job.send()
+        await drain(broker)
+        assert await message.result(timeout=1) == "kept"
+        assert (await broker.stats("default")).dead == 0
+    assert len(runs) == 2
 
 
 async def test_results_are_opt_in_per_actor_or_per_message() -> None:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from taskflow.broker import seconds
 from taskflow.middleware.base import CallNext, Context, Middleware
+from taskflow.middleware.callbacks import retry_later
 from taskflow.results import ResultRecord, failure_record
 
 if TYPE_CHECKING:
     from taskflow.results import ResultBackend
+
+logger = logging.getLogger("taskflow.middleware.results")
 
 DEFAULT_RESULT_TTL = 3600.0
 
@@ -21,6 +25,9 @@ class Results(Middleware):
     outcome is final (``ctx.outcome``, set by :class:`Retries`, which runs
     inside this layer). Options: ``store_results`` (bool) and
     ``result_ttl`` (seconds, default one hour).
+
+    If the backend cannot take the value of a message that succeeded, the
+    message is retried after a backoff instead of being dead-lettered.
     """
 
     actor_options = frozenset({"store_results", "result_ttl"})
@@ -41,10 +48,21 @@ class Results(Middleware):
             value = await call_next(ctx)
         except Exception as exc:
             if ctx.outcome != "retry":
-                await self.backend.store(ctx.message.id, failure_record(exc), self.ttl(ctx))
+                await self._store_failure(ctx, exc)
             raise
         if ctx.outcome != "dead":
-            await self.backend.store(
-                ctx.message.id, ResultRecord(ok=True, value=value), self.ttl(ctx)
-            )
+            try:
+                await self.backend.store(
+                    ctx.message.id, ResultRecord(ok=True, value=value), self.ttl(ctx)
+                )
+            except Exception as exc:
+                # Not a failure of the actor: run it again later rather than dead-letter it.
+                await retry_later(ctx, exc, "its result")
+                raise
         return value
+
+    async def _store_failure(self, ctx: Context, exc: Exception) -> None:
+        try:
+            await self.backend.store(ctx.message.id, failure_record(exc), self.ttl(ctx))
+        except Exception:
+            logger.exception("could not store the failure of message %s", ctx.message.id)
