@@ -1,4 +1,4 @@
-"""Redis worker app for the fault tests, and the contract suite's Redis factory.
+"""Redis worker app for the fault tests, and the Redis helpers of the test suite.
 
 Worker processes (``python -m taskflow worker tests.apps.redis_app:broker``)
 build the broker from the environment:
@@ -7,9 +7,12 @@ build the broker from the environment:
 * ``TASKFLOW_REDIS_NAMESPACE`` (default ``taskflow-test``),
 * ``TASKFLOW_REDIS_OPTIONS``: JSON object of broker options
   (``visibility_timeout``, ``reaper_interval``, ``max_deliveries`` ...),
-* ``TASKFLOW_LEDGER``: a directory; every actor run appends one line
-  ``<message id> <delivery count> <pid> <event>`` to ``<dir>/<pid>.log``
-  (a file per process, written with O_APPEND, outside the system under test).
+* ``TASKFLOW_LEDGER``: a directory; every actor run appends lines
+  ``<message id> <delivery count> <pid> <event> <unix time>`` to
+  ``<dir>/<pid>.log`` (a file per process, O_APPEND, outside the system under test).
+
+Also here: the contract suite's Redis factory, and :class:`RedisServer`, a
+private ``redis-server`` that tests may stop, kill and restart.
 """
 
 from __future__ import annotations
@@ -22,96 +25,145 @@ import socket
 import subprocess
 import time
 import uuid
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
-import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
-from taskflow import Broker, current_message
+from taskflow import Broker, Middleware, Worker, current_message
 from taskflow.brokers.redis import RedisBroker
-from taskflow.middleware import current_delivery
+from taskflow.middleware import current_delivery, default_middleware
+from tests.apps.cli_app import mark
+
+if TYPE_CHECKING:
+    import pytest
 
 URL_ENV = "TASKFLOW_REDIS_URL"
 NAMESPACE_ENV = "TASKFLOW_REDIS_NAMESPACE"
 OPTIONS_ENV = "TASKFLOW_REDIS_OPTIONS"
 LEDGER_ENV = "TASKFLOW_LEDGER"
+QUEUE = "work"
+
+Row = tuple[str, int, int, str, float]
 
 
 def ledger(event: str) -> None:
-    """Append ``<id> <delivery count> <pid> <event>`` for the current message to the ledger."""
+    """Append ``<id> <delivery count> <pid> <event> <unix time>`` for the current message."""
     directory = os.environ.get(LEDGER_ENV)
-    message = current_message()
     delivery = current_delivery()
-    if not directory or message is None:
+    if not directory or delivery is None:
         return
-    count = delivery.delivery_count if delivery is not None else 0
-    line = f"{message.id} {count} {os.getpid()} {event}\n".encode()
+    line = f"{delivery.message.id} {delivery.delivery_count} {os.getpid()} {event} {time.time()}\n"
     fd = os.open(Path(directory) / f"{os.getpid()}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     try:
-        os.write(fd, line)
+        os.write(fd, line.encode())
     finally:
         os.close(fd)
 
 
-def read_ledger(directory: Path) -> list[tuple[str, int, int, str]]:
-    """All ledger lines of all processes: (message id, delivery count, pid, event)."""
+def read_ledger(directory: Path) -> list[Row]:
+    """All ledger lines of all processes: (message id, delivery count, pid, event, time)."""
     rows = []
     for path in directory.glob("*.log"):
         for line in path.read_text().splitlines():
-            mid, count, pid, event = line.split(" ", 3)
-            rows.append((mid, int(count), int(pid), event))
-    return rows
+            mid, count, pid, event, at = line.split(" ")
+            rows.append((mid, int(count), int(pid), event, float(at)))
+    return sorted(rows, key=lambda r: r[4])
 
 
-def build() -> RedisBroker:
-    options: dict[str, Any] = json.loads(os.environ.get(OPTIONS_ENV) or "{}")
-    return RedisBroker(
-        os.environ.get(URL_ENV, "redis://127.0.0.1:6379/15"),
-        namespace=os.environ.get(NAMESPACE_ENV, "taskflow-test"),
+_tally: Any = None
+
+
+def tally_ids(directory: Path) -> list[str]:
+    """The ids ``tally`` saw, in all processes."""
+    ids: list[str] = []
+    for path in directory.glob("*.ids"):
+        ids += path.read_text().split()
+    return ids
+
+
+class Markers(Middleware):
+    """Leaves ``started-<pid>`` / ``stopped-<pid>`` files for ``tests.cli.procs.WorkerCli``."""
+
+    async def on_startup(self, worker: Worker) -> None:
+        mark("started")
+
+    async def on_shutdown(self, worker: Worker) -> None:
+        mark("stopped")
+
+
+def build(
+    url: str | None = None, namespace: str | None = None, options: dict[str, Any] | None = None
+) -> RedisBroker:
+    """A RedisBroker with the fault tests' actors (arguments default to the environment)."""
+    if options is None:
+        options = json.loads(os.environ.get(OPTIONS_ENV) or "{}")
+    b = RedisBroker(
+        url or os.environ.get(URL_ENV, "redis://127.0.0.1:6379/15"),
+        namespace=namespace or os.environ.get(NAMESPACE_ENV, "taskflow-test"),
+        middleware=[*default_middleware(), Markers()],
         **options,
     )
 
+    @b.actor(queue=QUEUE, max_retries=0, time_limit=None)
+    async def record(ms: int = 0, again_ms: int | None = None) -> None:
+        """Sleep ``ms`` ms on the loop (``again_ms`` when redelivered), with ledger lines."""
+        ledger("start")
+        delivery = current_delivery()
+        redelivered = delivery is not None and delivery.redelivered
+        wait = again_ms if redelivered and again_ms is not None else ms
+        if wait:
+            await anyio.sleep(wait / 1000)
+        ledger("done")
 
-broker = build()
+    @b.actor(queue=QUEUE, max_retries=0, time_limit=None)
+    def record_sync(ms: int = 0) -> None:
+        """Sleep ``ms`` milliseconds in a worker thread, with ledger lines."""
+        ledger("start")
+        time.sleep(ms / 1000)
+        ledger("done")
+
+    @b.actor(queue=QUEUE, max_retries=0, time_limit=None)
+    async def block_loop(ms: int) -> None:
+        """An async actor that wrongly blocks the event loop for ``ms`` milliseconds."""
+        ledger("start")
+        time.sleep(ms / 1000)  # noqa: ASYNC251 - blocking the loop is the point
+        ledger("done")
+
+    @b.actor(queue=QUEUE, max_retries=0, time_limit=None)
+    async def crash() -> None:
+        """Kill the worker process outright, as a segfault or the OOM killer would."""
+        ledger("start")
+        os._exit(137)
+
+    @b.actor(queue=QUEUE, max_retries=0)
+    async def tally() -> None:
+        """Write the message id to this process's ``<pid>.ids`` (one buffered write each)."""
+        global _tally
+        message = current_message()
+        if _tally is None:
+            directory = Path(os.environ[LEDGER_ENV])
+            _tally = (directory / f"{os.getpid()}.ids").open("a", buffering=1)
+        assert message is not None
+        _tally.write(message.id + "\n")
+
+    return b
 
 
-@broker.actor(queue="work", max_retries=0, time_limit=None)
-async def record(ms: int = 0) -> None:
-    """Sleep ``ms`` milliseconds on the loop, with a ledger line before and after."""
-    ledger("start")
-    if ms:
-        await anyio.sleep(ms / 1000)
-    ledger("done")
+@cache
+def _from_env() -> RedisBroker:
+    return build()
 
 
-@broker.actor(queue="work", max_retries=0, time_limit=None)
-def record_sync(ms: int = 0) -> None:
-    """Sleep ``ms`` milliseconds in a worker thread, with ledger lines."""
-    ledger("start")
-    time.sleep(ms / 1000)
-    ledger("done")
-
-
-@broker.actor(queue="work", max_retries=0, time_limit=None)
-async def block_loop(ms: int) -> None:
-    """An async actor that wrongly blocks the event loop for ``ms`` milliseconds."""
-    ledger("start")
-    time.sleep(ms / 1000)  # noqa: ASYNC251 - blocking the loop is the point
-    ledger("done")
-
-
-@broker.actor(queue="work", max_retries=0, time_limit=None)
-async def crash() -> None:
-    """Kill the worker process outright, as a segfault or the OOM killer would."""
-    ledger("start")
-    os._exit(137)
-
-
-@broker.actor(queue="work", max_retries=0, time_limit=None)
-async def noop() -> None:
-    """Do nothing, leave no ledger line (for backlog tests)."""
+def __getattr__(name: str) -> Any:
+    # Built on first use, so that importing this module needs no environment.
+    if name == "broker":
+        return _from_env()
+    raise AttributeError(name)
 
 
 # -- the contract suite's factory ---------------------------------------------
@@ -214,6 +266,8 @@ class RedisServer:
         return False
 
     def client(self, **options: Any) -> redis.Redis:
+        """A plain client that never retries (redis-py's default retries take seconds)."""
+        options.setdefault("retry", Retry(NoBackoff(), 0))
         if self.tls is not None:
             options = {"ssl": True, "ssl_ca_certs": str(self.tls["ca"]), **options}
             return redis.Redis(host="localhost", port=self.port, socket_timeout=5, **options)

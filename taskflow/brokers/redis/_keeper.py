@@ -161,13 +161,16 @@ class Keeper:
             while not self._stop.is_set():
                 now = time.monotonic()
                 try:
+                    talked = False
                     if now >= next_beat:
                         next_beat = now + self._heartbeat_interval
-                        self._renew(renew)
+                        talked = self._renew(renew)
                     if now >= next_reap:
                         next_reap = now + self._reap_every
                         self._reap(client, maintain)
-                    self._outage.recovered()
+                        talked = True
+                    if talked:
+                        self._outage.recovered()
                 except Exception as exc:
                     if is_transient(exc):
                         self._outage.failed(exc)
@@ -178,12 +181,15 @@ class Keeper:
         finally:
             client.close()
 
-    def _renew(self, renew: Any) -> None:
+    def _renew(self, renew: Any) -> bool:
+        """Extend the held leases; return whether there were any."""
+        talked = False
         for table in list(self._tables.values()):
             leases = table.snapshot()
             for start in range(0, len(leases), _CHUNK):
                 chunk = [(lease.wid, lease.token) for lease in leases[start : start + _CHUNK]]
                 lost = renew(keys=table.keys, args=[self._lease_ms, _scripts.pack(chunk)])
+                talked = True
                 self.renewals += 1
                 if lost:
                     n = table.drop_lost(lost)
@@ -195,6 +201,7 @@ class Keeper:
                             n,
                             table.name,
                         )
+        return talked
 
     def _reap(self, client: Any, maintain: Any) -> None:
         got = client.set(
