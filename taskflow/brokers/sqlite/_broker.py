@@ -52,13 +52,22 @@ SUSPECT_EXPIRIES = 2
 class _Op:
     """A settlement or send waiting for the next group commit."""
 
-    __slots__ = ("done", "error", "fn", "rowcount")
+    __slots__ = ("error", "fn", "rowcount")
 
     def __init__(self, fn: Callable[[sqlite3.Connection], int]) -> None:
         self.fn = fn
-        self.done = anyio.Event()
         self.error: BaseException | None = None
         self.rowcount = 0
+
+
+class _Batch:
+    """Operations committed together in one transaction; ``done`` is set after it."""
+
+    __slots__ = ("done", "ops")
+
+    def __init__(self) -> None:
+        self.ops: list[_Op] = []
+        self.done = anyio.Event()
 
 
 class SQLiteBroker(Broker):
@@ -117,7 +126,7 @@ class SQLiteBroker(Broker):
         self._limiter: anyio.CapacityLimiter | None = None
         self._tickers: list[Ticker] = []
         self._held: set[int] = set()
-        self._pending: list[_Op] = []
+        self._batch: _Batch | None = None
         self._flushing = False
         self._wakeups: dict[str, anyio.Event] = {}
         self._last_renewal = 0.0
@@ -176,35 +185,37 @@ class SQLiteBroker(Broker):
         cancellation so that it never strands the operations of others.
         """
         op = _Op(fn)
-        self._pending.append(op)
+        batch = self._batch
+        if batch is None:
+            batch = self._batch = _Batch()
+        batch.ops.append(op)
         if self._flushing:
-            await op.done.wait()
+            await batch.done.wait()
         else:
             self._flushing = True
             try:
                 with anyio.CancelScope(shield=True):
-                    while self._pending:
-                        ops, self._pending = self._pending, []
-                        await self._flush(ops)
+                    while self._batch is not None:
+                        current, self._batch = self._batch, None
+                        await self._flush(current)
             finally:
                 self._flushing = False
         if op.error is not None:
             raise op.error
         return op.rowcount
 
-    async def _flush(self, ops: list[_Op]) -> None:
+    async def _flush(self, batch: _Batch) -> None:
         def run(conn: sqlite3.Connection) -> None:
-            for op in ops:
+            for op in batch.ops:
                 op.rowcount = op.fn(conn)
 
         try:
             await self._write(run)
         except BaseException as exc:
-            for op in ops:
+            for op in batch.ops:
                 op.error = exc
         finally:
-            for op in ops:
-                op.done.set()
+            batch.done.set()
 
     def _wake(self, queue: str) -> None:
         event = self._wakeups.pop(queue, None)
@@ -219,7 +230,7 @@ class SQLiteBroker(Broker):
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self._limiter = anyio.CapacityLimiter(1)
         self._wakeups = {}
-        self._pending = []
+        self._batch = None
         self._held = set()
         await self._write(sql.create_schema)
         self._last_renewal = time.monotonic()
@@ -323,6 +334,8 @@ class SQLiteBroker(Broker):
         by_seq = {r[0]: r for r in rows}
         receipts = []
         for seq in order:  # RETURNING does not keep the order
+            if seq not in by_seq:
+                continue
             _, message_id, body, deliveries = by_seq[seq]
             receipt = _SQLiteReceipt(self, queue, seq, message_id, body, deliveries)
             if suspect:
