@@ -9,12 +9,16 @@ state at a time, told apart by its columns:
   ``lease_expires`` says until when;
 * dead: ``dead_at`` is set, with the ``reason`` and ``dead_until`` (the TTL).
 
-Every change of state is one SQL statement inside a ``BEGIN IMMEDIATE``
-transaction, so concurrent processes cannot interleave. Times come from
-SQLite's own clock (``julianday('now')`` inside the statement), never from a
-Python clock, so every process on the host judges leases and delays alike.
+Every change of state runs in a ``BEGIN IMMEDIATE`` transaction, so
+concurrent processes cannot interleave; a batch is leased by one ``UPDATE …
+RETURNING`` that sets the owner and expiry and counts the delivery. A busy
+database is waited for (``busy_timeout``), then retried with backoff. Times
+come from SQLite's own clock (``julianday('now')`` inside the statement),
+never from a Python clock, so every process on the host judges leases and
+delays alike. Commits are synced to disk (``synchronous=FULL``) unless the
+broker is built with ``synchronous="NORMAL"``.
 
-Threads:
+Threads (started by ``connect``, in producers and workers alike):
 
 * Statements of the event loop's side (send, claim, settle, stats) run on one
   connection in a worker thread, one at a time (an anyio ``CapacityLimiter``
@@ -39,8 +43,8 @@ leased alone, with its consumer fetching nothing more until it is settled,
 so that a worker-killing message stops taking innocent prefetched messages
 down with it (see ``SUSPECT_EXPIRIES``).
 
-Polling: a consumer that finds nothing waits 5 ms, then doubles the wait up
-to ``poll_interval`` (50 ms by default), checking readiness with a cheap read
+Polling: a consumer that runs out of work waits 5 ms, then doubles the wait
+up to ``poll_interval`` (50 ms by default), checking readiness with a cheap read
 (no write lock) each time, and sleeping no longer than until the next delayed
 message is due. A send in the same process wakes its consumers at once. So an
 idle worker does about 20 index lookups a second (near-zero CPU) and picks up
