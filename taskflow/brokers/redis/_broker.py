@@ -294,8 +294,7 @@ class RedisBroker(Broker):
                     ) from exc
                 await anyio.sleep(delay)
             else:
-                if attempt:
-                    self._producer_outage.recovered()
+                self._producer_outage.recovered()
                 return result
 
     async def _script(self, name: str, keys: list[str], args: Sequence[Any]) -> Any:
@@ -390,11 +389,17 @@ class RedisBroker(Broker):
     async def _fetch(self, q: _Queue, prefetch: int) -> tuple[int, list[_RedisReceipt]]:
         self._fetches += 1
         token = f"{self._consumer_id}:{self._fetches}"
-        wait_ms, items = await self._script(
+        wait_ms, items, reaped = await self._script(
             "fetch",
             q.keys,
             [min(prefetch, _CHUNK), token, _ms(self.visibility_timeout), self.max_message_size],
         )
+        if reaped:
+            logger.warning(
+                "redelivering %d message(s) of queue %s whose lease expired (reason lease_expired)",
+                reaped,
+                q.name,
+            )
         receipts = []
         for i in range(0, len(items), 3):
             rid, body, count = items[i], items[i + 1], items[i + 2]
@@ -490,7 +495,8 @@ class RedisBroker(Broker):
         """
         args = [_scripts.pack(items)]
         deadline = time.monotonic() + self.send_timeout
-        outage = Outage(logger, f"settling on {q.name}", self._where)
+        outage = q.outage
+        retried = False
         while True:
             try:
                 results: list[int] = await self._script("settle", q.keys, args)
@@ -498,14 +504,15 @@ class RedisBroker(Broker):
                 if not is_transient(exc):
                     raise BrokerError(f"Redis at {self._where} refused to settle: {exc}") from exc
                 delay = outage.failed(exc)
+                retried = True
                 if time.monotonic() + delay > deadline:
                     raise BrokerUnavailable(
                         f"Redis at {self._where} unreachable to settle messages: {exc}"
                     ) from exc
                 await anyio.sleep(delay)
                 continue
-            if outage.since is not None:
-                outage.recovered()
+            outage.recovered()
+            if retried:
                 results = [
                     _scripts.APPLIED if r in (_scripts.NOT_OWNED, _scripts.GONE) else r
                     for r in results
@@ -523,6 +530,7 @@ class _Queue:
         self.notify_key = broker._keys.notify(name)
         self.leases = leases
         self.settler = Settler(self._flush)
+        self.outage = Outage(logger, f"settling on {name}", broker._where)
 
     async def _flush(self, items: Sequence[Item]) -> list[int]:
         return await self.broker._settle(self, items)

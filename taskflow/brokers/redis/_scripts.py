@@ -202,7 +202,8 @@ return #bodies / 2
 )
 
 # ARGV: n, lease token, lease ms, max message size.
-# Returns {ms until the next delayed message is due or -1, {id, body, count, ...}}.
+# Returns {ms until the next delayed message is due or -1, {id, body, count, ...},
+# how many expired leases went back to ready}.
 # A body over the size limit is dead-lettered here and comes back as
 # {id, size, 0}, so that it never leaves the server.
 FETCH = (
@@ -211,7 +212,7 @@ FETCH = (
 local n, token, lease, max_size = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local now = now_ms()
 promote(now, 1000)
-reap(now, 1000)
+local reaped = reap(now, 1000)
 local popped = redis.call('ZPOPMIN', READY, n)
 local out = {}
 if #popped > 0 then
@@ -250,7 +251,7 @@ if #out == 0 then
   local first = redis.call('ZRANGE', DELAYED, 0, 0, 'WITHSCORES')
   if first[2] then wait = math.max(0, tonumber(first[2]) - now) end
 end
-return {wait, out}
+return {wait, out, reaped}
 """
 )
 
