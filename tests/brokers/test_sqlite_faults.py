@@ -300,14 +300,22 @@ async def test_long_sync_actor_under_a_blocked_loop_keeps_its_lease(
         await wait_for(lambda: len(ledger.runs("start", "A")) >= 1, 10, "A to start the sync one")
         hog = await producer.actors["hog"].send(1, 5.0)
         await wait_for(lambda: len(ledger.runs("start", "A")) >= 2, 10, "A to start the hog")
+    [hog_start] = [r for r in ledger.runs("start") if r.message_id == hog.id]
+
+    def hog_lease_renewed() -> bool:
+        # Renewed past the 2 s it was leased for, while the hog still blocks the loop
+        rows = store.query("SELECT lease_expires FROM taskflow_messages WHERE id = ?", (hog.id,))
+        return bool(rows) and rows[0][0] > hog_start.at + app.VISIBILITY_TIMEOUT + 1.0
+
     # And an idle worker B whose reaper would hand both over if their leases lapsed
     start_worker("B", "--concurrency", "2")
+    await wait_for(hog_lease_renewed, 5, "the hog's lease to be renewed")
+    assert hog.id not in {r.message_id for r in ledger.runs("end")}
     await wait_for(lambda: bool(ledger.pids("B")), 20, "B to start")
     # When both finish
     await wait_for(lambda: len(ledger.runs("end", "A")) == 2, 15, "both to finish")
     await wait_for(lambda: store.states() == (0, 0, 0), 5, "both to be acked")
     # Then the loop really was blocked for 5 s, and nothing ran twice
-    [hog_start] = [r for r in ledger.runs("start") if r.message_id == hog.id]
     [hog_end] = [r for r in ledger.runs("end") if r.message_id == hog.id]
     assert hog_end.at - hog_start.at >= 5.0
     assert Counter(r.message_id for r in ledger.runs("start")) == {slow.id: 1, hog.id: 1}
