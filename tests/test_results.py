@@ -185,6 +185,24 @@ async def test_a_backend_outage_retries_the_message_instead_of_dead_lettering_it
     assert len(runs) == 2
 
 
+async def test_a_value_that_cannot_be_encoded_is_a_failure() -> None:
+    broker = MemoryBroker(results=True)
+
+    @broker.actor(store_results=True)
+    async def opaque() -> Any:
+        return object()
+
+    async with broker:
+        message = await opaque.send()
+        await drain(broker)
+        with pytest.raises(ResultFailed) as info:
+            await message.result(timeout=1)
+        [dead] = await broker.dead_letters("default")
+    assert info.value.type_name == "TypeError"
+    assert dead.id == message.id
+    assert dead.reason.startswith("failed: could not send its result: TypeError")
+
+
 async def test_results_are_opt_in_per_actor_or_per_message() -> None:
     backend = SpyResults()
     broker = MemoryBroker(results=backend)

@@ -322,6 +322,14 @@ async def test_sqlite_polls_with_backoff_not_in_a_tight_loop(tmp_path: Path) -> 
     assert 5 <= looks <= 15
 
 
+async def test_sqlite_errors_become_broker_errors(tmp_path: Path) -> None:
+    from taskflow.errors import BrokerUnavailable
+
+    backend = SQLiteResults(tmp_path / "no" / "such" / "dir.sqlite3")
+    with pytest.raises(BrokerUnavailable, match="dir.sqlite3"):
+        await backend.store("k", ResultRecord(ok=True), 1)
+
+
 # -- Redis specifics ---------------------------------------------------------------
 
 

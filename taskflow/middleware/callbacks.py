@@ -36,6 +36,7 @@ import msgspec
 
 from taskflow.actor import Actor
 from taskflow.broker import Broker
+from taskflow.errors import BrokerUnavailable
 from taskflow.message import Message
 from taskflow.middleware.base import CallNext, Context, Middleware
 from taskflow.middleware.retries import backoff, describe
@@ -95,7 +96,7 @@ class Callbacks(Middleware):
             try:
                 await self._send(ctx, on_success, value)
             except Exception as exc:
-                await retry_later(ctx, exc, "its on_success callback")
+                await follow_up_failed(ctx, exc, "its on_success callback")
                 raise
         return value
 
@@ -121,19 +122,36 @@ class Callbacks(Middleware):
         await actor.send_with_options(args=(ctx.message.id, payload))
 
 
-async def retry_later(ctx: Context, exc: Exception, what: str) -> None:
-    """Retry a message that succeeded but whose follow-up (``what``) could not be sent.
+async def follow_up_failed(ctx: Context, exc: Exception, what: str) -> None:
+    """Settle a message that succeeded but whose follow-up (``what``) failed.
 
-    The message runs again after a backoff, so the follow-up is not lost;
-    a failed message is already settled and is left as it is.
+    A server that could not be reached (:class:`taskflow.BrokerUnavailable`)
+    retries the message after a backoff, so the follow-up is not lost; any
+    other error (a value that cannot be encoded, a message too large) would
+    fail again, so the message goes to dead letters with the reason.
     """
+    if ctx.delivery.settled:
+        logger.error("message %s: could not send %s (%s)", ctx.message.id, what, describe(exc))
+        return
+    if isinstance(exc, BrokerUnavailable):
+        delay = backoff(ctx.message.retries, 1.0, 60.0)
+        logger.warning(
+            "message %s for %s: could not send %s (%s); running it again in %.1f s",
+            ctx.message.id,
+            ctx.actor.name,
+            what,
+            describe(exc),
+            delay,
+        )
+        ctx.outcome = "retry"
+        await ctx.delivery.retry(delay)
+        return
     logger.error(
-        "message %s for %s: could not send %s (%s)",
+        "message %s for %s: could not send %s; dead-lettering it",
         ctx.message.id,
         ctx.actor.name,
         what,
-        describe(exc),
+        exc_info=exc,
     )
-    if not ctx.delivery.settled:
-        ctx.outcome = "retry"
-        await ctx.delivery.retry(backoff(ctx.message.retries, 1.0, 60.0))
+    ctx.outcome = "dead"
+    await ctx.delivery.nack(f"failed: could not send {what}: {describe(exc)}")

@@ -41,7 +41,7 @@ from taskflow.broker import seconds
 from taskflow.errors import ResultsNotConfigured, ResultTimeout
 from taskflow.message import Message, utcnow
 from taskflow.middleware.base import CallNext, Context, Middleware
-from taskflow.middleware.callbacks import retry_later
+from taskflow.middleware.callbacks import follow_up_failed
 from taskflow.middleware.results import DEFAULT_RESULT_TTL, Results
 from taskflow.results import ResultBackend, ResultRecord, failure_record
 
@@ -291,7 +291,7 @@ class Composition(Middleware):
                 await runner.succeed(tail, value, ctx.message.id)
                 await runner.flush()
             except Exception as exc:
-                await retry_later(ctx, exc, "the next step of its pipeline or group")
+                await follow_up_failed(ctx, exc, "the next step of its pipeline or group")
                 raise
         return value
 

@@ -6,8 +6,9 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from taskflow.broker import seconds
+from taskflow.errors import BrokerUnavailable
 from taskflow.middleware.base import CallNext, Context, Middleware
-from taskflow.middleware.callbacks import retry_later
+from taskflow.middleware.callbacks import follow_up_failed
 from taskflow.results import ResultRecord, failure_record
 
 if TYPE_CHECKING:
@@ -26,8 +27,9 @@ class Results(Middleware):
     inside this layer). Options: ``store_results`` (bool) and
     ``result_ttl`` (seconds, default one hour).
 
-    If the backend cannot take the value of a message that succeeded, the
-    message is retried after a backoff instead of being dead-lettered.
+    If the backend cannot be reached to store the value of a message that
+    succeeded, the message is retried after a backoff instead of being
+    dead-lettered. A value that cannot be encoded is stored as a failure.
     """
 
     actor_options = frozenset({"store_results", "result_ttl"})
@@ -56,8 +58,10 @@ class Results(Middleware):
                     ctx.message.id, ResultRecord(ok=True, value=value), self.ttl(ctx)
                 )
             except Exception as exc:
-                # Not a failure of the actor: run it again later rather than dead-letter it.
-                await retry_later(ctx, exc, "its result")
+                if not isinstance(exc, BrokerUnavailable):
+                    # A value the codec cannot encode: say so to whoever waits.
+                    await self._store_failure(ctx, exc)
+                await follow_up_failed(ctx, exc, "its result")
                 raise
         return value
 

@@ -22,6 +22,7 @@ from typing import TypeVar
 
 import anyio
 
+from taskflow.errors import BrokerError, BrokerUnavailable
 from taskflow.results import ResultBackend
 
 T = TypeVar("T")
@@ -94,14 +95,23 @@ class SQLiteResults(ResultBackend):
         return db
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn`` with the connection in a thread, one call at a time."""
+        """Run ``fn`` with the connection in a thread, one call at a time.
+
+        Raises:
+            BrokerUnavailable: SQLite could not run it (locked too long, no such directory).
+            BrokerError: Any other SQLite error.
+        """
         if self._lock is None:
             self._lock = anyio.Lock()
         async with self._lock:
-            if self._db is None:
-                self._db = await anyio.to_thread.run_sync(self._open)
-            db = self._db
-            return await anyio.to_thread.run_sync(fn, db)
+            try:
+                if self._db is None:
+                    self._db = await anyio.to_thread.run_sync(self._open)
+                return await anyio.to_thread.run_sync(fn, self._db)
+            except sqlite3.OperationalError as exc:  # locked, busy, unreadable file
+                raise BrokerUnavailable(f"results in {self.path}: {exc}") from exc
+            except sqlite3.Error as exc:
+                raise BrokerError(f"results in {self.path}: {exc}") from exc
 
     async def close(self) -> None:
         """Close the connection; the next call opens it again."""
