@@ -124,6 +124,16 @@ async def test_many_waiters_all_wake_on_one_store(pair: Pair) -> None:
     assert got == ["x"] * 5
 
 
+async def test_a_cancelled_wait_leaves_the_backend_usable(pair: Pair) -> None:
+    writer, reader = pair
+    k = key()
+    with anyio.move_on_after(0.2) as scope:
+        await reader.fetch(k, None)
+    assert scope.cancelled_caught
+    await writer.store(k, ResultRecord(ok=True, value="after"), 60)
+    assert (await reader.fetch(k, 1)).value == "after"
+
+
 async def test_store_is_idempotent_and_replaces(pair: Pair) -> None:
     writer, reader = pair
     k = key()
