@@ -178,10 +178,11 @@ def contract_broker(request: pytest.FixtureRequest, options: dict[str, Any]) -> 
 
 
 def delete_namespace(url: str, namespace: str) -> None:
-    """Delete every key of ``namespace``."""
+    """Delete every key of ``namespace`` (the broker's, and its result backend's)."""
     client = redis.Redis.from_url(url)
     try:
         keys = list(client.scan_iter(match="{" + namespace + "}:*", count=1000))
+        keys += client.scan_iter(match=namespace + ":*", count=1000)
         if keys:
             client.delete(*keys)
     finally:

@@ -189,7 +189,7 @@ class RedisBroker(Broker):
     def _default_results(self) -> ResultBackend:
         from taskflow.results.redis import RedisResults
 
-        return RedisResults(self.url)
+        return RedisResults(self.url, namespace=self.namespace)
 
     @property
     def keeper(self) -> Keeper | None:

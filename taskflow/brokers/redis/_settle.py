@@ -23,13 +23,14 @@ MAX_BATCH = 500
 
 
 class _Batch:
-    __slots__ = ("done", "error", "items", "results")
+    __slots__ = ("error", "items", "results", "waiters")
 
     def __init__(self) -> None:
         self.items: list[Item] = []
         self.results: list[int] = []
         self.error: Exception | None = None
-        self.done = asyncio.Event()
+        # A future per follower, so that a follower's cancellation touches no one else.
+        self.waiters: list[asyncio.Future[None]] = []
 
 
 class Settler:
@@ -50,7 +51,9 @@ class Settler:
         if batch is not None and len(batch.items) < MAX_BATCH:
             index = len(batch.items)
             batch.items.append(item)
-            await batch.done.wait()
+            waiter = asyncio.get_running_loop().create_future()
+            batch.waiters.append(waiter)
+            await waiter
         else:
             index = 0
             batch = self._open = _Batch()
@@ -74,4 +77,6 @@ class Settler:
             except Exception as exc:
                 batch.error = exc
             finally:
-                batch.done.set()
+                for waiter in batch.waiters:
+                    if not waiter.done():
+                        waiter.set_result(None)
