@@ -170,33 +170,40 @@ async def test_sigterm_finishes_running_and_hands_back_prefetched_at_once(
     # A 30 s lease: only an explicit hand-back explains a quick pickup.
     rig = rig_factory(redis_url, visibility_timeout=30.0)
     record = rig.actor("record")
+    owner = redis.Redis.from_url(redis_url)
+    owners = rig.broker._keys.queue(QUEUE)[6]
     async with rig.broker:
-        # Given: A runs two messages and holds two more it fetched; B runs the rest.
-        leaving = rig.start("a", "--concurrency", "2", "--shutdown-timeout", "10")
-        leaving.wait_for_pids(1)
-        sent = await record.send_many([(4000,)] * 10)
-        await until(lambda: len(rig.rows("start")) == 2, 10, "A to start two")
-        [a_pid] = {r[2] for r in rig.rows()}
+        # Given: A runs two long messages and holds the next two it fetched;
+        # B, started later, runs the six others.
+        leaving = rig.start("a", "--concurrency", "2", "--shutdown-timeout", "20")
+        [a_pid] = leaving.wait_for_pids(1)
+        sent = await record.send_many([(8000,)] * 2 + [(1500,)] * 8)
+
+        def held_by_a() -> int:
+            tokens: Any = owner.hvals(owners)
+            return sum(f":{a_pid}:".encode() in t for t in tokens)
+
+        await until(lambda: len(rig.rows("start")) == 2 and held_by_a() == 4, 15, "A: 2 + 2")
         staying = rig.start("b", "--concurrency", "8")
-        await until(lambda: len(rig.rows("start")) == 8, 15, "B to start the other six")
-        stats = await rig.broker.stats(QUEUE)
-        assert (stats.ready, stats.in_flight) == (0, 10)  # two held by A, unstarted
+        await until(lambda: len(rig.rows("start")) == 8, 20, "B to start the other six")
+        assert held_by_a() == 4
         # When: A gets SIGTERM (a deploy).
         leaving.signal(signal.SIGTERM)
         term_at = time.time()
         # Expect: B starts A's two held messages at once, A finishes its two and exits 0.
         await until(lambda: len(rig.rows("start")) == 10, 3, "B to take A's held messages")
-        assert leaving.wait(8) == 0
+        assert leaving.wait(15) == 0
         exited_at = time.time()
         await rig.broker.join(QUEUE, timeout=15)
         assert staying.process.poll() is None
+    owner.close()
     rows = rig.rows()
     starts = [r for r in rows if r[3] == "start"]
     handed_back = [r for r in starts if r[4] > term_at]
     assert len(handed_back) == 2 and all(r[2] != a_pid for r in handed_back)
     assert max(r[4] for r in handed_back) - term_at <= 2.0
     a_done = [r for r in rows if r[2] == a_pid and r[3] == "done"]
-    assert len(a_done) == 2 and all(r[4] < exited_at for r in a_done)
+    assert len(a_done) == 2 and all(r[4] < exited_at <= r[4] + 1.5 for r in a_done)
     assert all(r[4] < term_at for r in rows if r[2] == a_pid and r[3] == "start")
     # Nothing lost, nothing run twice.
     assert Counter(r[0] for r in starts) == Counter({m.id: 1 for m in sent})

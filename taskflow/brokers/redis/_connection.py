@@ -49,6 +49,7 @@ def client_options(
         options["ssl_cert_reqs"] = "required"
         options["ssl_check_hostname"] = True
     options.update(extra)
+    options["decode_responses"] = False  # the broker reads bytes
     return options
 
 
