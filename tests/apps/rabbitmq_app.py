@@ -7,9 +7,10 @@ build the broker from the environment:
 * ``TASKFLOW_AMQP_PREFIX``: prefix of every queue name (unique per test),
 * ``TASKFLOW_AMQP_OPTIONS``: JSON object of broker options
   (``queue_type``, ``max_deliveries`` ...),
-* ``TASKFLOW_LEDGER``: a directory; every actor run appends one line
-  ``<message id> <delivery count> <pid> <event>`` to ``<dir>/<pid>.log``
-  (a file per process, written with O_APPEND, outside the system under test).
+* ``TASKFLOW_LEDGER``: a directory; every actor run appends lines
+  ``<message id> <delivery count> <pid> <event> <unix time>`` to
+  ``<dir>/<pid>.log`` (a file per process, written with O_APPEND, outside the
+  system under test).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import os
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 import pytest
@@ -36,15 +37,25 @@ LEDGER_ENV = "TASKFLOW_LEDGER"
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
 
+class Row(NamedTuple):
+    """One ledger line."""
+
+    id: str
+    deliveries: int
+    pid: int
+    event: str
+    at: float
+
+
 def ledger(event: str) -> None:
-    """Append ``<id> <delivery count> <pid> <event>`` for the current message to the ledger."""
+    """Append ``<id> <delivery count> <pid> <event> <time>`` for the current message."""
     directory = os.environ.get(LEDGER_ENV)
     message = current_message()
     delivery = current_delivery()
     if not directory or message is None:
         return
     count = delivery.delivery_count if delivery is not None else 0
-    line = f"{message.id} {count} {os.getpid()} {event}\n".encode()
+    line = f"{message.id} {count} {os.getpid()} {event} {time.time():.6f}\n".encode()
     fd = os.open(Path(directory) / f"{os.getpid()}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     try:
         os.write(fd, line)
@@ -52,14 +63,14 @@ def ledger(event: str) -> None:
         os.close(fd)
 
 
-def read_ledger(directory: Path) -> list[tuple[str, int, int, str]]:
-    """All ledger lines of all processes: (message id, delivery count, pid, event)."""
+def read_ledger(directory: Path) -> list[Row]:
+    """All ledger lines of all processes, oldest first."""
     rows = []
     for path in directory.glob("*.log"):
         for line in path.read_text().splitlines():
-            mid, count, pid, event = line.split(" ", 3)
-            rows.append((mid, int(count), int(pid), event))
-    return rows
+            mid, count, pid, event, at = line.split(" ")
+            rows.append(Row(mid, int(count), int(pid), event, float(at)))
+    return sorted(rows, key=lambda r: r.at)
 
 
 def build() -> RabbitMQBroker:

@@ -71,6 +71,8 @@ logger = logging.getLogger("taskflow.brokers.rabbitmq")
 
 PERSISTENT = 2
 RABBITMQ_DEFAULT_CONSUMER_TIMEOUT = 1800.0
+QUORUM_SETTLE = 0.1
+QUORUM_ACK_GRACE = 0.5
 _FATAL = (
     ChannelAccessRefused,
     ChannelNotFoundEntity,
@@ -252,6 +254,7 @@ class RabbitMQBroker(Broker):
         self._consumers: dict[str, set[Consumer]] = {}
         self._checked_timeouts: set[str] = set()
         self._outage = False
+        self._last_ack = -math.inf
 
     def __repr__(self) -> str:
         return (
@@ -338,7 +341,26 @@ class RabbitMQBroker(Broker):
             self._outage = False
             logger.warning("reconnected to RabbitMQ at %s", mask_url(self.url))
 
+    def acked(self) -> None:
+        """Note that a delivery was just settled (see :meth:`settle_grace`)."""
+        self._last_ack = time.monotonic()
+
+    async def settle_grace(self) -> None:
+        """Before closing a channel, give recent acks on quorum queues time to apply.
+
+        RabbitMQ 3.10 sends a quorum queue's settlements in a pipeline that
+        holds back commands while many are pending; closing the channel right
+        after a burst of acks can drop the held ones, and those messages come
+        back as redeliveries.
+        """
+        if self.queue_type == "quorum":
+            remaining = self._last_ack + QUORUM_ACK_GRACE - time.monotonic()
+            if remaining > 0:
+                with anyio.CancelScope(shield=True):
+                    await anyio.sleep(remaining)
+
     async def _close(self) -> None:
+        await self.settle_grace()
         connection, self._connection = self._connection, None
         self._publisher = self._unconfirmed = self._admin = None
         self._ensured.clear()
@@ -752,6 +774,16 @@ class RabbitMQBroker(Broker):
 
     async def _stats(self, queue: str) -> QueueStats:
         names = await self._ensure(queue)
+        stats = await self._read_stats(queue, names)
+        if self.queue_type == "quorum" and not any(stats[:3]):
+            # Quorum queues dead-letter (the delay ladder's last step) through
+            # a Raft round: a message between two queues is counted by neither
+            # for a few milliseconds. A second look after that settles it.
+            await anyio.sleep(QUORUM_SETTLE)
+            stats = await self._read_stats(queue, names)
+        return stats
+
+    async def _read_stats(self, queue: str, names: QueueNames) -> QueueStats:
         before = self._in_flight(queue)
         # Read in the direction messages flow (dead, the ladder from the top,
         # the main queue) so a message moving along is seen at least once.

@@ -241,6 +241,7 @@ class Consumer:
                 deliveries=prior,
             )
             await message.ack()
+            broker.acked()
         except (*_SETTLE_ERRORS, BrokerError) as exc:
             logger.info(
                 "could not republish message %s on %s (%s); RabbitMQ will redeliver it",
@@ -289,6 +290,7 @@ class Consumer:
                 self.names, message, deliveries=prior_deliveries(message, broker.queue_type)
             )
             await message.ack()
+            broker.acked()
         except (*_SETTLE_ERRORS, BrokerError):
             try:
                 if self.alive(message):
@@ -301,6 +303,7 @@ class Consumer:
     async def _close_channel(self) -> None:
         channel, self.channel = self.channel, None
         if channel is not None and not channel.is_closed:
+            await self.broker.settle_grace()
             try:
                 await channel.close()
             except _SETTLE_ERRORS:
@@ -309,6 +312,7 @@ class Consumer:
     def settled(self, message: AbstractIncomingMessage) -> None:
         """Bookkeeping after a handed-out delivery was settled (or found lost)."""
         self.release(message)
+        self.broker.acked()
         self.outstanding -= 1
         if self.stopped and self.outstanding <= 0 and self.channel is not None:
             task = asyncio.get_running_loop().create_task(self._close_channel())
