@@ -19,9 +19,9 @@ A message id is in exactly one of ``ready``, ``delayed``, ``inflight`` and
 called by SHA. Time inside scripts is Redis's ``TIME``. All keys of a namespace
 share the hash tag ``{namespace}``.
 
-Consuming: one script call promotes due delayed messages, returns expired
-leases, then takes up to ``prefetch`` messages, leasing each to a fresh token
-for ``visibility_timeout``. An idle consumer blocks on the queue's notify list
+Consuming: one script call promotes due delayed messages, then takes up to
+``prefetch`` messages, leasing each to a fresh token for
+``visibility_timeout``. An idle consumer blocks on the queue's notify list
 (``BLPOP``), which every script that makes messages ready pushes to, so it
 wakes at once, or when the next delayed message is due. Acks, retries and
 dead-letters from concurrent deliveries are coalesced into one script call
@@ -274,28 +274,34 @@ class RedisBroker(Broker):
         return q
 
     async def _retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        """Run ``call``, repeating it while the server is unreachable, up to ``send_timeout``."""
-        deadline = time.monotonic() + self.send_timeout
+        """Run ``call``, repeating it while the server is unreachable, for ``send_timeout`` at most.
+
+        Raises:
+            BrokerUnavailable: No success within ``send_timeout`` (a frozen
+                server included: the whole loop is under that deadline).
+            BrokerError: The server refused the call (OOM, permissions, ...).
+        """
         attempt = 0
-        while True:
-            try:
-                result = await call()
-            except redis.RedisError as exc:
-                if not is_transient(exc):
-                    raise BrokerError(f"Redis at {self._where} refused {what}: {exc}") from exc
-                delay = backoff(attempt)
-                if attempt == 0:
-                    self._producer_outage.failed(exc)
-                attempt += 1
-                if time.monotonic() + delay > deadline:
-                    raise BrokerUnavailable(
-                        f"Redis at {self._where} unreachable for {what} "
-                        f"after {attempt} attempts: {exc}"
-                    ) from exc
-                await anyio.sleep(delay)
-            else:
-                self._producer_outage.recovered()
-                return result
+        last: BaseException | None = None
+        with anyio.move_on_after(self.send_timeout):
+            while True:
+                try:
+                    result = await call()
+                except redis.RedisError as exc:
+                    if not is_transient(exc):
+                        raise BrokerError(f"Redis at {self._where} refused {what}: {exc}") from exc
+                    if attempt == 0:
+                        self._producer_outage.failed(exc)
+                    last = exc
+                    await anyio.sleep(backoff(attempt))
+                    attempt += 1
+                else:
+                    self._producer_outage.recovered()
+                    return result
+        raise BrokerUnavailable(
+            f"Redis at {self._where} did not answer {what} within {self.send_timeout} s "
+            f"({attempt} failed attempts; last error: {last})"
+        ) from last
 
     async def _script(self, name: str, keys: list[str], args: Sequence[Any]) -> Any:
         return await self._scripts[name](keys=keys, args=args)
@@ -372,9 +378,12 @@ class RedisBroker(Broker):
                     with anyio.CancelScope(shield=True):
                         wait_ms, receipts = await self._fetch(q, prefetch)
                     batch.extend(receipts)
+                    if outage.since is not None:
+                        outage.recovered()
+                        if self._keeper is not None:
+                            self._keeper.renew_soon()
                     if not receipts:
                         await self._wait(q, wait_ms)
-                    outage.recovered()
                 except redis.RedisError as exc:
                     if not is_transient(exc):
                         raise BrokerError(
@@ -389,17 +398,11 @@ class RedisBroker(Broker):
     async def _fetch(self, q: _Queue, prefetch: int) -> tuple[int, list[_RedisReceipt]]:
         self._fetches += 1
         token = f"{self._consumer_id}:{self._fetches}"
-        wait_ms, items, reaped = await self._script(
+        wait_ms, items = await self._script(
             "fetch",
             q.keys,
             [min(prefetch, _CHUNK), token, _ms(self.visibility_timeout), self.max_message_size],
         )
-        if reaped:
-            logger.warning(
-                "redelivering %d message(s) of queue %s whose lease expired (reason lease_expired)",
-                reaped,
-                q.name,
-            )
         receipts = []
         for i in range(0, len(items), 3):
             rid, body, count = items[i], items[i + 1], items[i + 2]

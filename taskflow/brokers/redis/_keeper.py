@@ -10,6 +10,11 @@ expired dead letters in every queue of the namespace. So, whatever the number
 of workers, maintenance runs at least once per ``reaper_interval`` and at most
 twice, and a dead worker's messages are back within ``visibility_timeout``
 plus one ``reaper_interval``, on an idle queue too.
+
+Only the reaper takes leases back, and after an outage of the server it waits
+one heartbeat (plus half an interval) before doing so: while Redis was
+unreachable no one could renew, so right after it returns every lease may
+look expired, and only a dead worker's should be treated so.
 """
 
 from __future__ import annotations
@@ -122,6 +127,9 @@ class Keeper:
         self._lock_token = secrets.token_hex(8)
         self._outage = Outage(logger, "lease heartbeat", where)
         self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._renew_now = False
+        self._next_beat = self._next_reap = self._reap_not_before = 0.0
         self._thread = threading.Thread(target=self._run, name="taskflow-redis-keeper", daemon=True)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._probe_sent: float | None = None
@@ -145,8 +153,14 @@ class Keeper:
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the thread and wait for it (blocking)."""
         self._stop.set()
+        self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
+
+    def renew_soon(self) -> None:
+        """Renew the held leases now (a consumer just got its connection back)."""
+        self._renew_now = True
+        self._wake.set()
 
     def _run(self) -> None:
         try:
@@ -156,30 +170,44 @@ class Keeper:
             return
         renew = client.register_script(_scripts.RENEW)
         maintain = client.register_script(_scripts.MAINTAIN)
-        next_beat = next_reap = time.monotonic()
+        self._next_beat = self._next_reap = time.monotonic()
         try:
             while not self._stop.is_set():
-                now = time.monotonic()
                 try:
-                    talked = False
-                    if now >= next_beat:
-                        next_beat = now + self._heartbeat_interval
-                        talked = self._renew(renew)
-                    if now >= next_reap:
-                        next_reap = now + self._reap_every
-                        self._reap(client, maintain)
-                        talked = True
-                    if talked:
-                        self._outage.recovered()
+                    self._tick(client, renew, maintain)
                 except Exception as exc:
                     if is_transient(exc):
                         self._outage.failed(exc)
                     else:
                         logger.exception("lease heartbeat or reaper failed")
                 self._watch_loop()
-                self._stop.wait(max(0.0, min(next_beat, next_reap) - time.monotonic()))
+                wait = min(self._next_beat, self._next_reap) - time.monotonic()
+                self._wake.wait(max(0.0, wait))
+                self._wake.clear()
         finally:
             client.close()
+
+    def _tick(self, client: Any, renew: Any, maintain: Any) -> None:
+        now = time.monotonic()
+        if self._outage.since is not None:
+            # Back from an outage, leases may have run out while nobody could
+            # renew them. Renew first, and hold the reaper back until every
+            # live worker had the time to renew its own: only a dead worker's
+            # leases should be taken back.
+            self._next_beat = now + self._heartbeat_interval
+            client.ping()
+            self._renew(renew)
+            self._outage.recovered()
+            self._reap_not_before = time.monotonic() + self._heartbeat_interval + self._reap_every
+            return
+        if now >= self._next_beat or self._renew_now:
+            self._renew_now = False
+            self._next_beat = now + self._heartbeat_interval
+            self._renew(renew)
+        if now >= self._next_reap:
+            self._next_reap = now + self._reap_every
+            if now >= self._reap_not_before:
+                self._reap(client, maintain)
 
     def _renew(self, renew: Any) -> bool:
         """Extend the held leases; return whether there were any."""

@@ -202,8 +202,9 @@ return #bodies / 2
 )
 
 # ARGV: n, lease token, lease ms, max message size.
-# Returns {ms until the next delayed message is due or -1, {id, body, count, ...},
-# how many expired leases went back to ready}.
+# Returns {ms until the next delayed message is due or -1, {id, body, count, ...}}.
+# Expired leases are left to the reaper (see _keeper), which holds back after
+# an outage so that live workers renew theirs first.
 # A body over the size limit is dead-lettered here and comes back as
 # {id, size, 0}, so that it never leaves the server.
 FETCH = (
@@ -212,7 +213,6 @@ FETCH = (
 local n, token, lease, max_size = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local now = now_ms()
 promote(now, 1000)
-local reaped = reap(now, 1000)
 local popped = redis.call('ZPOPMIN', READY, n)
 local out = {}
 if #popped > 0 then
@@ -251,7 +251,7 @@ if #out == 0 then
   local first = redis.call('ZRANGE', DELAYED, 0, 0, 'WITHSCORES')
   if first[2] then wait = math.max(0, tonumber(first[2]) - now) end
 end
-return {wait, out, reaped}
+return {wait, out}
 """
 )
 
