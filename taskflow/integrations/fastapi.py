@@ -30,7 +30,7 @@ lifespan::
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Annotated
 
@@ -76,8 +76,11 @@ def lifespan(
     return connected
 
 
-def get_broker(connection: HTTPConnection) -> Broker:
+async def get_broker(connection: HTTPConnection) -> Broker:
     """Return the app's broker: use as ``Depends(get_broker)`` in HTTP and WebSocket handlers.
+
+    A coroutine only so that FastAPI calls it on the event loop: it runs a
+    plain function dependency in a worker thread, a hop per request.
 
     Raises:
         RuntimeError: The app was not created with :func:`lifespan`, or is not running.
@@ -85,10 +88,10 @@ def get_broker(connection: HTTPConnection) -> Broker:
     return _broker_on(connection, STATE_NAME)
 
 
-def broker_dependency(name: str) -> Callable[[HTTPConnection], Broker]:
+def broker_dependency(name: str) -> Callable[[HTTPConnection], Awaitable[Broker]]:
     """Return a dependency like :func:`get_broker` for the broker kept under ``app.state.<name>``."""
 
-    def dependency(connection: HTTPConnection) -> Broker:
+    async def dependency(connection: HTTPConnection) -> Broker:
         return _broker_on(connection, name)
 
     return dependency
