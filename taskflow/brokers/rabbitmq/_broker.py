@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
 from urllib.parse import urlsplit
 
 import aio_pika
@@ -94,6 +94,10 @@ async def _spread(
             await call(channels[index])
 
     await asyncio.gather(*(run(i) for i in range(len(channels))))
+
+
+async def _delete_queue(channel: aiormq.abc.AbstractChannel, name: str) -> None:
+    await channel.queue_delete(name)
 
 
 class Unroutable(BrokerError):
@@ -246,6 +250,7 @@ class RabbitMQBroker(Broker):
         self._publisher: AbstractRobustChannel | None = None
         self._unconfirmed: AbstractRobustChannel | None = None
         self._admin: AbstractRobustChannel | None = None
+        self._raw: dict[int, aiormq.Channel] = {}
         self._ensured: dict[str, QueueNames] = {}
         self._declared: set[str] = set()
         self._exchanges_ready = False
@@ -363,6 +368,7 @@ class RabbitMQBroker(Broker):
         await self.settle_grace()
         connection, self._connection = self._connection, None
         self._publisher = self._unconfirmed = self._admin = None
+        self._raw.clear()
         self._ensured.clear()
         if connection is not None:
             with anyio.CancelScope(shield=True), anyio.move_on_after(self.send_timeout):
@@ -515,9 +521,20 @@ class RabbitMQBroker(Broker):
         names = self.topology.names(queue)
         self._ensured.pop(queue, None)
 
-        async def delete(channel: aiormq.abc.AbstractChannel) -> None:
-            for name in (names.main, names.dead, *names.delays):
-                await channel.queue_delete(name)
+        async def delete(admin: aiormq.abc.AbstractChannel) -> None:
+            channels = [await admin.connection.channel(publisher_confirms=False) for _ in range(8)]
+            try:
+                await _spread(
+                    channels,
+                    [
+                        partial(_delete_queue, name=name)
+                        for name in (names.main, names.dead, *names.delays)
+                    ],
+                )
+            finally:
+                for channel in channels:
+                    if not channel.is_closed:
+                        await channel.close()
 
         await self._call(self._admin, delete, "delete queues")
         self._declared.discard(queue)
@@ -590,17 +607,48 @@ class RabbitMQBroker(Broker):
         target: str,
     ) -> None:
         channel = self._publisher if confirm or self._unconfirmed is None else self._unconfirmed
+        mandatory = channel is self._publisher
 
         async def publish(raw: aiormq.abc.AbstractChannel) -> Any:
-            return await raw.basic_publish(
+            concrete = cast("aiormq.Channel", raw)
+            self._raw[id(channel)] = concrete
+            return await concrete.basic_publish(
                 body,
                 exchange=exchange,
                 routing_key=key,
                 properties=properties,
-                mandatory=channel is self._publisher,
+                mandatory=mandatory,
+                wait=False,
             )
 
         try:
+            raw = self._raw.get(id(channel))
+            if raw is not None and not raw.is_closed:
+                # The fast path: the channel is open, no reconnection to wait for.
+                try:
+                    await raw.basic_publish(
+                        body,
+                        exchange=exchange,
+                        routing_key=key,
+                        properties=properties,
+                        mandatory=mandatory,
+                        timeout=self.send_timeout,
+                        wait=False,
+                    )
+                    return
+                except _FATAL as exc:
+                    raise BrokerError(
+                        f"RabbitMQ refused a publish: {self._describe(exc)}"
+                    ) from None
+                except TimeoutError:
+                    raise BrokerUnavailable(
+                        f"no publisher confirm within {self.send_timeout} s: RabbitMQ at "
+                        f"{mask_url(self.url)} is unreachable or blocked"
+                    ) from None
+                except DeliveryError:
+                    raise
+                except _TRANSIENT:
+                    pass  # the channel closed under us: wait for it below
             await self._call(channel, publish, "publish a message")
         except PublishError as exc:
             self._forget(target)

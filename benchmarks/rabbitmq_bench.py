@@ -1,0 +1,149 @@
+"""RabbitMQBroker throughput and memory, publisher confirms on.
+
+Run: python benchmarks/rabbitmq_bench.py [--url amqp://guest:guest@127.0.0.1:5672/] [--uvloop]
+                                         [--messages 20000] [--sends 5000]
+                                         [--brokers classic,quorum]
+
+Each scenario runs in a fresh child process (so its peak RSS is its own), on
+queues under a prefix of its own that are deleted afterwards, with one
+``Worker``:
+
+* ``send``: ``actor.send()`` awaited one after another (each waits for its confirm);
+* ``send_many``: ``actor.send_many()`` in batches of 1,000 (confirms pipelined);
+* ``noop``: ``--messages`` messages already enqueued, drained by a no-op async
+  actor at concurrency 100, timed from worker start to the last message done;
+* ``io``: the same with ``await asyncio.sleep(0.05)`` per message at
+  concurrency 1,000 (so the ceiling is 20,000 msg/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import subprocess
+import sys
+import time
+import uuid
+from typing import Any
+
+import anyio
+
+from taskflow import Worker
+from taskflow.brokers.rabbitmq import RabbitMQBroker
+
+SCENARIOS = ("send", "send_many", "noop", "io")
+
+
+async def fill(actor: Any, messages: int) -> None:
+    for start in range(0, messages, 1000):
+        await actor.send_many([(i,) for i in range(start, min(start + 1000, messages))])
+
+
+async def run(kind: str, scenario: str, url: str, messages: int, sends: int) -> float:
+    broker = RabbitMQBroker(
+        url,
+        queue_type="quorum" if kind == "quorum" else "classic",
+        prefix=f"bench-{uuid.uuid4().hex[:8]}.",
+        confirm_delivery=True,
+    )
+    done = anyio.Event()
+    count = 0
+
+    @broker.actor(queue="bench", max_retries=0)
+    async def noop(i: int) -> None:
+        nonlocal count
+        count += 1
+        if count == messages:
+            done.set()
+
+    @broker.actor(queue="bench", max_retries=0)
+    async def io(i: int) -> None:
+        nonlocal count
+        await asyncio.sleep(0.05)
+        count += 1
+        if count == messages:
+            done.set()
+
+    async with broker:
+        try:
+            if scenario == "send":
+                began = time.perf_counter()
+                for i in range(sends):
+                    await noop.send(i)
+                return sends / (time.perf_counter() - began)
+            if scenario == "send_many":
+                began = time.perf_counter()
+                await fill(noop, messages)
+                return messages / (time.perf_counter() - began)
+            actor, concurrency = (noop, 100) if scenario == "noop" else (io, 1000)
+            await fill(actor, messages)
+            began = time.perf_counter()
+            async with Worker(broker, ["bench"], concurrency=concurrency):
+                with anyio.fail_after(600):
+                    await done.wait()
+                elapsed = time.perf_counter() - began
+                await broker.join("bench", timeout=60)
+            assert count == messages, (count, messages)
+            return messages / elapsed
+        finally:
+            await broker.delete_queue("bench")
+            await broker.delete_exchanges()
+
+
+def child(args: argparse.Namespace) -> None:
+    backend_options = {"use_uvloop": True} if args.uvloop else {}
+    rate = anyio.run(
+        run,
+        args.broker,
+        args.scenario,
+        args.url,
+        args.messages,
+        args.sends,
+        backend_options=backend_options,
+    )
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"rate": rate, "peak_rss_mib": peak_mib}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--url", default="amqp://guest:guest@127.0.0.1:5672/")
+    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--sends", type=int, default=5_000)
+    parser.add_argument("--brokers", default="classic,quorum")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--uvloop", action="store_true", help="run on uvloop")
+    parser.add_argument("--broker", help=argparse.SUPPRESS)
+    parser.add_argument("--scenario", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.scenario:
+        child(args)
+        return
+    print(f"{'queues':<8} {'scenario':<10} {'messages':>9} {'msg/s':>10} {'peak RSS MiB':>13}")
+    for kind in args.brokers.split(","):
+        for scenario in args.scenarios.split(","):
+            command = [
+                sys.executable,
+                __file__,
+                f"--broker={kind}",
+                f"--scenario={scenario}",
+                f"--url={args.url}",
+                f"--messages={args.messages}",
+                f"--sends={args.sends}",
+            ]
+            if args.uvloop:
+                command.append("--uvloop")
+            out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            result = json.loads(out.strip().splitlines()[-1])
+            count = args.sends if scenario == "send" else args.messages
+            print(
+                f"{kind:<8} {scenario:<10} {count:>9,} {result['rate']:>10,.0f} "
+                f"{result['peak_rss_mib']:>13.1f}",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
