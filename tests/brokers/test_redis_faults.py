@@ -253,7 +253,7 @@ async def test_workers_ride_out_redis_restarts_and_kills(
                 restarted_at = time.time()
                 restarts.append(restarted_at)
                 await until(
-                    lambda t=restarted_at: any(r[4] > t for r in rig.rows("done")),  # type: ignore[misc]
+                    lambda t=restarted_at: sum(r[4] > t for r in rig.rows("done")) >= 10,  # type: ignore[misc]
                     10,
                     "work to resume",
                 )
@@ -272,13 +272,16 @@ async def test_workers_ride_out_redis_restarts_and_kills(
     for mid, eta in delayed.items():
         assert done[mid] == 1
         [start] = [r for r in rows if r[0] == mid and r[3] == "start"]
-        assert eta - 0.05 <= start[4] <= eta + 2.0 + 0.5 + 3.0
+        # Due at eta, or when Redis came back if it was down then.
+        due = max([eta] + [t for t in restarts if t <= start[4]])
+        assert eta - 0.05 <= start[4] <= due + 2.0 + 0.5 + 2.0, (start[4] - due, restarts)
     # Duplicates only for messages in flight at a fault, and flagged as redeliveries.
     duplicates = sum(n - 1 for n in done.values())
     assert duplicates <= 2 * 16, duplicates
     for runs in by_id([r for r in rows if r[3] == "start"]).values():
         counts = [r[1] for r in runs]
-        assert counts == sorted(set(counts)) and counts[0] == 1, counts
+        # A delivery lost with its reply at a kill still counts: the first run may be #2.
+        assert counts == sorted(set(counts)), counts
     # Resumed quickly after each restart.
     for t in restarts:
         first = min(r[4] for r in rows if r[3] == "done" and r[4] > t)
