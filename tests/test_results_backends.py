@@ -365,9 +365,35 @@ async def test_redis_waits_by_blocking_not_polling(redis_url: str) -> None:
         with pytest.raises(ResultTimeout):
             await reader.fetch(key(), 1.0)
         assert time.monotonic() - start >= 0.9
-        assert calls == {"get": 2, "blmove": 1}
+        assert calls == {"get": 1, "blmove": 1}
     finally:
         await reader.close()
+        await _drop_namespace(redis_url, namespace)
+
+
+async def test_redis_waits_longer_than_the_socket_timeout(redis_url: str) -> None:
+    namespace = f"test-results-{uuid.uuid4().hex[:12]}"
+    client = aioredis.Redis.from_url(redis_url, socket_timeout=1.0)
+    reader = RedisResults(redis_url, namespace=namespace, client=client)
+    writer = RedisResults(redis_url, namespace=namespace)
+    k = key()
+    got: list[Any] = []
+    try:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+
+                async def wait() -> None:
+                    got.append((await reader.fetch(k, 5)).value)
+
+                tg.start_soon(wait)
+                await anyio.sleep(2.5)  # longer than two socket timeouts
+                await writer.store(k, ResultRecord(ok=True, value="late"), 60)
+        assert got == ["late"]
+        with pytest.raises(ResultTimeout):
+            await reader.fetch(key(), 1.5)
+    finally:
+        await client.aclose()
+        await writer.close()
         await _drop_namespace(redis_url, namespace)
 
 

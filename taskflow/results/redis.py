@@ -11,7 +11,9 @@ result's keys live in one slot):
   :meth:`~taskflow.results.ResultBackend.add`.
 
 Waiting is push-based: a waiter that finds no record blocks in ``BLMOVE``
-from the ready list to itself. Moving the element onto the same list leaves
+from the ready list to itself (in calls shorter than the client's socket
+timeout, one after another, so a long wait costs one round trip every few
+seconds). Moving the element onto the same list leaves
 it in place, so one write wakes every waiter at once, and a write that lands
 between the waiter's ``GET`` and its ``BLMOVE`` is still seen. Writes are
 idempotent: writing a record again replaces it and leaves one element in
@@ -20,15 +22,20 @@ the ready list.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from taskflow._urls import mask_url
 from taskflow.errors import BrokerUnavailable
 from taskflow.results import ResultBackend
+
+#: redis-py's default socket timeout when a URL sets none.
+_REDIS_SOCKET_TIMEOUT = 5.0
 
 
 def _ms(ttl: float) -> int:
@@ -103,20 +110,45 @@ class RedisResults(ResultBackend):
             return data
         ready = record + ":ready"
         deadline = None if timeout is None else time.monotonic() + timeout
+        chunk = self._longest_block()
         while True:
-            if deadline is None:
-                block = 0.0  # forever
-            else:
-                block = deadline - time.monotonic()
-                if block < 0.001:
-                    return None
-            # Redis takes fractional seconds; the stub says int.
-            move = self.client.blmove(ready, ready, block, "RIGHT", "LEFT")  # type: ignore[arg-type]
-            woken = await self._call(move)
-            data = await self._call(self.client.get(record))
-            if data is not None or woken is not None:
-                # Woken without a record: it expired in between.
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left < 0.001:
+                return None
+            # Block no longer than the socket timeout allows; 0 means forever.
+            block = math.inf if left is None else left
+            if chunk is not None:
+                block = min(block, chunk)
+            if block == math.inf:
+                block = 0.0
+            if await self._wait_ready(ready, block) is not None:
+                # Woken: the record is there, unless it expired in between.
+                data = await self._call(self.client.get(record))
                 return data
+
+    async def _wait_ready(self, ready: str, block: float) -> bytes | str | None:
+        # Redis takes fractional seconds; the stub says int.
+        move = self.client.blmove(ready, ready, block, "RIGHT", "LEFT")  # type: ignore[arg-type]
+        try:
+            woken = await move
+        except RedisTimeoutError:
+            # The server answered later than the socket timeout (a busy
+            # server is late to expire blocked calls). Moving the element
+            # onto its own list loses nothing, so the next call sees it.
+            return None
+        except RedisError as exc:
+            raise BrokerUnavailable(
+                f"results at {mask_url(self.url)} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        return woken
+
+    def _longest_block(self) -> float | None:
+        """Seconds one blocking call may last: under the socket timeout, if there is one."""
+        kwargs = self.client.connection_pool.connection_kwargs
+        socket_timeout = kwargs.get("socket_timeout", _REDIS_SOCKET_TIMEOUT)
+        if socket_timeout is None:
+            return None
+        return max(float(socket_timeout) * 0.8, 0.05)
 
     async def _incr(self, key: str, ttl: float) -> int:
         counter = f"{self.namespace}:counter:{key}"
