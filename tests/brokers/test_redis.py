@@ -282,7 +282,7 @@ async def test_idle_consumer_wakes_at_once(make: Make, queue: str, redis_url: st
                 await echo.send_with_options(args=(1,), delay=delay)
             elapsed = time.monotonic() - start
             # idle_timeout is 10 s: only a wake-up, never a poll, explains this.
-            assert delay <= elapsed < delay + 0.3, (delay, elapsed)
+            assert delay <= elapsed < delay + 1.0, (delay, elapsed)
             await got[0].ack()
     admin.close()
 
@@ -345,7 +345,7 @@ async def test_reaper_returns_orphans_of_a_dead_consumer_on_an_idle_queue(
         ready = key(survivor, queue, "ready")
         elapsed = await poll(lambda: admin.zcard(ready) == 3, 5)
         # Nobody fetched or asked for stats: the reaper did it, in time.
-        assert 0.8 <= elapsed <= 1.0 + 0.5 + 0.3, elapsed
+        assert 0.8 <= elapsed <= 1.0 + 0.5 + 0.5, elapsed
         got = await take(survivor, queue, 3, prefetch=3)
         assert [d.delivery_count for d in got] == [2, 2, 2]
     admin.close()
@@ -516,7 +516,7 @@ async def test_send_to_a_frozen_server_fails_within_send_timeout(server: RedisSe
         await echo.send(3)
         # The frozen send may have landed after all (at least once), never twice.
         assert (await broker.stats("q")).ready in (2, 3)
-    assert 1.0 <= elapsed < 1.5, elapsed
+    assert 1.0 <= elapsed < 2.0, elapsed
 
 
 async def test_consumer_resumes_after_redis_restarts(
