@@ -1,4 +1,4 @@
-"""Developer tasks: ``nox -s tests``, ``nox -s lint``, ``nox -s typecheck``, ``nox -s bench``."""
+"""Developer tasks: ``nox -s tests``, ``lint``, ``typecheck``, ``bench``, ``bench-core``."""
 
 from __future__ import annotations
 
@@ -34,6 +34,16 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Run taskflow's own benchmarks (peer comparisons live in benchmarks/README.md)."""
+    """taskflow against its peers, one table (``nox -s bench -- --quick`` for a short run).
+
+    benchmarks/compare.py needs only the standard library here: it builds one
+    virtualenv per library under .bench/ itself (see benchmarks/README.md).
+    """
+    session.run("python", "benchmarks/compare.py", *session.posargs)
+
+
+@nox.session(name="bench-core")
+def bench_core(session: nox.Session) -> None:
+    """taskflow's own overhead on the MemoryBroker, no server involved."""
     session.install("-e", ".[all]")
     session.run("python", "benchmarks/core_overhead.py", *session.posargs)
