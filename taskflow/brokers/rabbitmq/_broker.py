@@ -40,7 +40,6 @@ from taskflow.brokers.rabbitmq._consumer import (
     H_REASON,
     Consumer,
     dead_record,
-    prior_deliveries,
 )
 from taskflow.brokers.rabbitmq._topology import (
     LEVELS,
@@ -147,12 +146,19 @@ class RabbitMQBroker(Broker):
       A publish whose confirm was lost with the connection is sent again, so
       a connection drop can duplicate a message (at-least-once).
     * **Consuming** uses a channel per consumer with ``basic_qos`` prefetch
-      equal to the consumer's prefetch; messages are acked only after
-      processing. Deliveries on a channel that closed (connection drop,
-      broker restart) are requeued by RabbitMQ; settling them raises
+      equal to the consumer's prefetch. RabbitMQ counts deliveries being
+      processed against that window too, so when all of it is handed out
+      and unsettled a fresh consumer replaces the old one on the channel
+      (the old deliveries stay valid): ``prefetch`` bounds what waits, not
+      what runs. Messages are acked only after processing; the acks of one
+      event-loop turn go out together (a ``multiple`` ack where tags are
+      contiguous), and an ack returns once it is written to the socket.
+      Deliveries on a channel that closed (connection drop, broker restart)
+      are requeued by RabbitMQ; settling them raises
       :class:`taskflow.LeaseLost` without touching the server, and the
       channel and its consumer are restored by aio-pika without restarting
-      the worker.
+      the worker. A consumer that stops hands back what it fetched but did
+      not hand out (republished with its count, then acked).
     * **Moves** (retry, requeue, dead letter) publish the new copy, wait for
       its confirm, then ack the delivery: a crash in between leaves a
       duplicate, never a loss.
@@ -179,11 +185,18 @@ class RabbitMQBroker(Broker):
       (changing the TTL of an existing ``<queue>.dead`` needs deleting it
       first; the broker warns and keeps the old one). Listing reads them
       with ``basic.get`` and returns them unchanged, in order.
-    * **Stats** come from queue declarations: ``ready`` is the main queue's
-      message count, ``delayed`` the sum over its delay queues. RabbitMQ does
-      not report unacked counts over AMQP, so ``in_flight`` counts the
-      deliveries *this process* holds; ``join`` in a process that does not
-      consume only waits for ready and delayed messages.
+    * **Stats** come from passive queue declarations, read in the order
+      messages flow: ``ready`` is the main queue's message count,
+      ``delayed`` the sum over its delay queues. RabbitMQ does not report
+      unacked counts over AMQP, so ``in_flight`` counts the deliveries *this
+      process* holds; ``join`` in a process that does not consume only waits
+      for ready and delayed messages. With quorum queues a message moving
+      from one queue to the next is briefly counted nowhere, so an empty
+      reading is taken a second time 100 ms later.
+    * **Quorum queues on RabbitMQ 3.10** can drop acks that were sent just
+      before their channel closed (the messages come back as redeliveries),
+      so channels close, and the broker disconnects, only 0.5 s after the
+      last ack.
     * **Long tasks**: RabbitMQ closes a channel whose delivery stays unacked
       past ``consumer_timeout`` (30 min by default). On RabbitMQ 3.12 and
       newer each consumer sets ``x-consumer-timeout`` above twice the
@@ -949,11 +962,6 @@ class RabbitMQBroker(Broker):
         return list(self._ensured)
 
     # -- helpers for receipts -----------------------------------------------
-
-    @staticmethod
-    def prior_deliveries(message: AbstractIncomingMessage, queue_type: QueueType) -> int:
-        """Deliveries of ``message`` before this one (see the class docstring)."""
-        return prior_deliveries(message, queue_type)
 
     @staticmethod
     def new_message_id() -> str:

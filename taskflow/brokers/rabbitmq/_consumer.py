@@ -100,19 +100,34 @@ class _Acks:
     one by one. That saves a frame and a system call per message.
     """
 
-    __slots__ = ("channel", "delivered", "pending")
+    __slots__ = ("channel", "delivered", "order", "pending")
 
     def __init__(self, channel: AbstractChannel) -> None:
         self.channel = channel
-        self.delivered: set[int] = set()
+        self.delivered: set[int] = set()  # unsettled
+        self.order: deque[int] = deque()  # delivered tags, ascending (lazily pruned)
         self.pending: set[int] = set()
+
+    def add(self, tag: int) -> None:
+        self.delivered.add(tag)
+        self.order.append(tag)
+
+    def discard(self, tag: int) -> None:
+        self.delivered.discard(tag)
+
+    def floor(self) -> int | None:
+        """The lowest delivery tag still unsettled."""
+        order, delivered = self.order, self.delivered
+        while order and order[0] not in delivered:
+            order.popleft()
+        return order[0] if order else None
 
     async def flush(self) -> None:
         pending, self.pending = self.pending, set()
         if not pending or self.channel.is_closed:
             return
         self.delivered -= pending
-        floor = min(self.delivered, default=None)
+        floor = self.floor()
         below = [t for t in pending if floor is None or t < floor]
         try:
             frames = [(max(below), len(below) > 1)] if below else []
@@ -134,6 +149,12 @@ class Consumer:
     received is handed out and unsettled and the buffer runs dry, a new
     consumer (with a fresh prefetch window) replaces it on the same channel;
     the old one is cancelled, and its deliveries stay valid until settled.
+
+    That happens only while no ack has gone out for the old consumer (and
+    acks wait while it is being cancelled): an ack gives it credit, and a
+    message RabbitMQ sends on that credit while the cancel is under way is
+    returned to the queue as a redelivery. Once a consumer's messages are
+    being acked, its window refills as they finish.
 
     aio-pika restores the channel, its QoS and the active consumer after a
     reconnection; deliveries still buffered from the dead channel are
@@ -164,6 +185,9 @@ class Consumer:
         self.stopped = False
         self._acks: dict[int, _Acks] = {}
         self._flushing: asyncio.Task[None] | None = None
+        self._acked_tags: set[str] = set()  # consumers an ack went out for
+        self._renewed = asyncio.Event()
+        self._renewed.set()
 
     @staticmethod
     def alive(message: AbstractIncomingMessage) -> bool:
@@ -215,7 +239,7 @@ class Consumer:
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         try:
-            self._tracker(message.channel).delivered.add(message.delivery_tag or 0)
+            self._tracker(message.channel).add(message.delivery_tag or 0)
         except ChannelInvalidStateError:
             return  # its channel is gone already: RabbitMQ requeued it
         self.buffer.append(message)
@@ -247,6 +271,9 @@ class Consumer:
         Raises:
             ChannelInvalidStateError: The delivery's channel has closed.
         """
+        if not self._renewed.is_set():
+            await self._renewed.wait()
+        self._acked_tags.add(message.consumer_tag or "")
         self._tracker(message.channel).pending.add(message.delivery_tag or 0)
         task = self._flushing
         if task is None:
@@ -270,7 +297,7 @@ class Consumer:
         """Give ``message`` back to RabbitMQ at once (it counts as a redelivery)."""
         try:
             channel = message.channel
-            self._tracker(channel).delivered.discard(message.delivery_tag or 0)
+            self._tracker(channel).discard(message.delivery_tag or 0)
             await channel.basic_nack(message.delivery_tag or 0, requeue=True, wait=False)
         except _SETTLE_ERRORS:
             pass
@@ -284,20 +311,43 @@ class Consumer:
                     return message
                 self.release(message)
             self.wakeup.clear()
-            if self.tag is not None and self.unsettled[self.tag] >= self.prefetch:
-                await self._renew()
+            tag = self.tag
+            if tag is None and not self.stopped:
+                await self._resubscribe()
+                continue
+            if (
+                tag is not None
+                and tag not in self._acked_tags
+                and self.unsettled[tag] >= self.prefetch
+            ):
+                await self._renew(tag)
             await self.wakeup.wait()
 
-    async def _renew(self) -> None:
-        """Replace the consumer whose prefetch window is full of unsettled deliveries."""
-        old = self.tag
+    async def _resubscribe(self) -> None:
+        """Consume again after a renewal failed half-way (the connection dropped)."""
         try:
             with anyio.fail_after(self.broker.send_timeout):
+                if self.channel is not None:
+                    await self.channel.ready()
                 await self._subscribe()
-                if old is not None and self.amqp_queue is not None:
+        except (TimeoutError, *_RETRY) as exc:
+            logger.debug("could not consume %s again: %s", self.queue, exc)
+            await anyio.sleep(0.5)
+
+    async def _renew(self, old: str) -> None:
+        """Replace the consumer whose prefetch window is full of unsettled deliveries."""
+        self._renewed.clear()
+        try:
+            with anyio.fail_after(self.broker.send_timeout):
+                await self.flush()
+                if self.amqp_queue is not None:
                     await self.amqp_queue.cancel(old)
-        except (TimeoutError, *_SETTLE_ERRORS) as exc:
+                self.tag = None
+                await self._subscribe()
+        except (TimeoutError, *_RETRY) as exc:
             logger.debug("could not renew the consumer of %s: %s", self.queue, exc)
+        finally:
+            self._renewed.set()
 
     async def accept(self, message: AbstractIncomingMessage) -> _Receipt | None:
         """Turn a delivery into a receipt, or settle it here and return ``None``.
