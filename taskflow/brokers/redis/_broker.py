@@ -105,7 +105,7 @@ def _ms(value: float) -> int:
 
 
 class RedisBroker(Broker):
-    """A broker on Redis (5.0 or later), through redis-py's asyncio client.
+    """A broker on Redis (6.0 or later), through redis-py's asyncio client.
 
     Args:
         url: ``redis://[user:password@]host:port/db`` or ``rediss://`` for TLS
