@@ -7,12 +7,17 @@ Each scenario uses a fresh database file in a temporary directory:
 * ``send``: ``actor.send()`` awaited one after another (one transaction each);
 * ``send_many``: ``actor.send_many()`` in batches of 1,000 (one transaction each);
 * ``process``: ``--messages`` no-op messages already enqueued, drained by one
-  ``Worker`` (concurrency 100) in this process, timed until ``broker.join``.
+  ``Worker`` (concurrency 100) in this process, timed until ``broker.join``;
+* idle: a consumer with nothing to do for ``--idle`` seconds (its process CPU
+  time), then 20 messages sent one at a time from a second broker on the same
+  file (so no in-process wake-up helps), each timed from its commit to its
+  pickup.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -73,12 +78,47 @@ async def process(messages: int, synchronous: Sync, concurrency: int) -> float:
         return messages / elapsed
 
 
+async def idle(seconds: float) -> tuple[float, list[float]]:
+    """Return the idle consumer's CPU share and the pickup latencies of 20 messages."""
+    with tempfile.TemporaryDirectory() as directory:
+        consumer_broker, _ = make_broker(directory, "NORMAL")
+        producer, noop = make_broker(directory, "NORMAL")
+        latencies: list[float] = []
+        committed_at = 0.0
+        picked = anyio.Event()
+        async with consumer_broker, producer:
+
+            async def consume() -> None:
+                async for delivery in consumer_broker.consume("bench"):
+                    latencies.append(max(time.monotonic() - committed_at, 0.0))
+                    await delivery.ack()
+                    picked.set()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(consume)
+                await anyio.sleep(0.5)
+                cpu = time.process_time()
+                await anyio.sleep(seconds)
+                share = (time.process_time() - cpu) / seconds
+                for i in range(20):
+                    picked = anyio.Event()
+                    committed_at = time.monotonic() + 3600
+                    await noop.send(i)
+                    committed_at = time.monotonic()
+                    with anyio.fail_after(10):
+                        await picked.wait()
+                    await anyio.sleep(0.25)  # long enough to back off to the slowest poll
+                tg.cancel_scope.cancel()
+        return share, latencies
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--sends", type=int, default=2_000)
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--synchronous", choices=["FULL", "NORMAL"], action="append")
+    parser.add_argument("--idle", type=float, default=10.0, help="seconds of idling")
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop")
     args = parser.parse_args()
     backend_options = {"use_uvloop": True} if args.uvloop else {}
@@ -96,6 +136,12 @@ def main() -> None:
         for name, count, scenario in scenarios:
             rate = anyio.run(scenario, backend_options=backend_options)
             print(f"{name:<12} {synchronous:<12} {count:>9} {rate:>10,.0f}", flush=True)
+    share, latencies = anyio.run(idle, args.idle, backend_options=backend_options)
+    print(f"\nidle consumer: {share:.2%} of a core over {args.idle:.0f} s")
+    print(
+        f"pickup latency from another broker: median {statistics.median(latencies) * 1000:.0f} ms,"
+        f" max {max(latencies) * 1000:.0f} ms ({len(latencies)} messages)"
+    )
 
 
 if __name__ == "__main__":
