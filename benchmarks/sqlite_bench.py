@@ -17,6 +17,7 @@ Each scenario uses a fresh database file in a temporary directory:
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import tempfile
 import time
@@ -107,7 +108,8 @@ async def idle(seconds: float) -> tuple[float, list[float]]:
                     committed_at = time.monotonic()
                     with anyio.fail_after(10):
                         await picked.wait()
-                    await anyio.sleep(0.25)  # long enough to back off to the slowest poll
+                    # Long enough to back off to the slowest poll, and out of step with it.
+                    await anyio.sleep(0.25 + random.uniform(0.0, 0.05))
                 tg.cancel_scope.cancel()
         return share, latencies
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import random
 import sqlite3
 import statistics
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import closing
@@ -384,12 +386,17 @@ async def test_idle_consumer_picks_up_work_fast_and_costs_little_cpu(path: Path)
                 committed_at = time.monotonic()
                 with anyio.fail_after(5):
                     await received.wait()
-                await anyio.sleep(0.3)
+                await anyio.sleep(0.3 + random.uniform(0, 0.05))
+            # Idle again after work: back to sleeping, not spinning.
+            cpu_before = time.process_time()
+            await anyio.sleep(1.0)
+            idle_cpu_after_work = time.process_time() - cpu_before
             tg.cancel_scope.cancel()
     assert len(latencies) == 5
     assert statistics.median(latencies) < 0.1, latencies
     assert max(latencies) < 0.5, latencies
     assert idle_cpu < 0.1, idle_cpu
+    assert idle_cpu_after_work < 0.1, idle_cpu_after_work
 
 
 async def test_local_send_wakes_the_consumer_at_once(path: Path) -> None:
@@ -531,3 +538,25 @@ async def test_reaper_counts_lease_expiries(path: Path) -> None:
         assert d.delivery_count == 3
         await d.retry(0)
         assert db_rows(path, "SELECT expiries, deliveries FROM taskflow_messages") == [(0, 0)]
+
+
+async def test_close_stops_every_thread(path: Path) -> None:
+    def ours() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.name.startswith("taskflow-sqlite")]
+
+    before = ours()
+    async with SQLiteBroker(path) as b:
+        assert sorted(set(ours()) - set(before)) == [
+            "taskflow-sqlite-heartbeat",
+            "taskflow-sqlite-reaper",
+            "taskflow-sqlite-watcher",
+        ]
+        echo_actor(b)
+        await take_after_send(b)
+    assert ours() == before
+
+
+async def take_after_send(broker: SQLiteBroker) -> None:
+    await broker.actors["echo"].send(1)
+    [d] = await take(broker)
+    await d.ack()

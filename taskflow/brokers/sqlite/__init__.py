@@ -29,6 +29,7 @@ Threads (started by ``connect``, in producers and workers alike):
   lease of every message this broker holds, with one statement. It needs
   neither the event loop nor the GIL for long, so a blocked loop or a long
   sync actor does not let healthy work expire.
+* A watcher thread polls idle queues (see Polling below).
 * A reaper thread, every ``reaper_interval`` seconds, returns expired leases
   to ready and deletes dead letters past their TTL. It first checks with a
   read (no lock, thanks to WAL) and only writes when there is work, so an idle
@@ -43,12 +44,15 @@ leased alone, with its consumer fetching nothing more until it is settled,
 so that a worker-killing message stops taking innocent prefetched messages
 down with it (see ``SUSPECT_EXPIRIES``).
 
-Polling: a consumer that runs out of work waits 5 ms, then doubles the wait
-up to ``poll_interval`` (50 ms by default), checking readiness with a cheap read
-(no write lock) each time, and sleeping no longer than until the next delayed
-message is due. A send in the same process wakes its consumers at once. So an
-idle worker does about 20 index lookups a second (near-zero CPU) and picks up
-a message from another process within ~50 ms.
+Polling: a consumer that runs out of work looks again after 5 ms, then
+doubles the wait up to ``poll_interval`` (50 ms by default), each look a
+cheap read (no write lock) that also tells when the next delayed message is
+due. Once at ``poll_interval`` it hands the polling to a watcher thread and
+sleeps: the watcher does one index lookup per idle queue per interval from
+its own connection and wakes the consumer only when a message is due. A send
+in the same process wakes its consumers at once. So an idle worker picks up a
+message sent by another process within ~50 ms, and its event loop wakes about
+once a second: it costs well under 1 % of a core.
 """
 
 from taskflow.brokers.sqlite._broker import SQLiteBroker

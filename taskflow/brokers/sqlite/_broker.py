@@ -19,6 +19,7 @@ import anyio
 from taskflow.broker import Broker, DeadRecord, Envelope, QueueStats, Receipt
 from taskflow.brokers.sqlite import _sql as sql
 from taskflow.brokers.sqlite._database import Database, Ticker
+from taskflow.brokers.sqlite._watcher import Watcher
 from taskflow.errors import LeaseLost
 
 if TYPE_CHECKING:
@@ -125,6 +126,7 @@ class SQLiteBroker(Broker):
         self._db = Database(self.path, busy_timeout, synchronous)
         self._limiter: anyio.CapacityLimiter | None = None
         self._tickers: list[Ticker] = []
+        self._watcher: Watcher | None = None
         self._held: set[int] = set()
         self._batch: _Batch | None = None
         self._flushing = False
@@ -217,6 +219,13 @@ class SQLiteBroker(Broker):
         finally:
             batch.done.set()
 
+    def _wakeup(self, queue: str) -> anyio.Event:
+        """The event that a local send or the watcher sets for ``queue``'s consumers."""
+        event = self._wakeups.get(queue)
+        if event is None or event.is_set():
+            event = self._wakeups[queue] = anyio.Event()
+        return event
+
     def _wake(self, queue: str) -> None:
         event = self._wakeups.pop(queue, None)
         if event is not None:
@@ -249,11 +258,18 @@ class SQLiteBroker(Broker):
         ]
         for ticker in self._tickers:
             ticker.start()
+        self._watcher = Watcher(
+            Database(self.path, self.busy_timeout, self.synchronous), self.poll_interval
+        )
+        self._watcher.start()
 
     async def _close(self) -> None:
         tickers, self._tickers = self._tickers, []
         for ticker in tickers:
             await anyio.to_thread.run_sync(ticker.stop)
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            await anyio.to_thread.run_sync(watcher.stop)
         await anyio.to_thread.run_sync(self._db.close, limiter=self._limiter)
 
     def _heartbeat(self, db: Database) -> Callable[[], None]:
@@ -359,18 +375,32 @@ class SQLiteBroker(Broker):
 
     async def _idle_wait(self, queue: str, wait: float) -> bool:
         """Wait up to ``wait`` seconds for work; return whether some may be ready."""
+        if wait >= self.poll_interval and self._watcher is not None:
+            return await self._watch(queue)
         due = await self._next_due(queue)
         if due is not None and due <= 0:
             return True
         if due is not None:
             wait = min(wait, due)
-        event = self._wakeups.get(queue)
-        if event is None:
-            event = self._wakeups[queue] = anyio.Event()
+        event = self._wakeup(queue)
         with anyio.move_on_after(wait):
             await event.wait()
             return True
         return False
+
+    async def _watch(self, queue: str) -> bool:
+        """Sleep until the watcher thread or a local send says work may be ready."""
+        assert self._watcher is not None
+        event = self._wakeup(queue)
+        self._watcher.watch(queue, event)
+        try:
+            # Looking again now and then costs nothing and survives a stuck watcher.
+            with anyio.move_on_after(1.0):
+                await event.wait()
+                return True
+            return False
+        finally:
+            self._watcher.unwatch(queue, event)
 
     async def _consume(self, queue: str, prefetch: int) -> AsyncGenerator[Receipt, None]:
         batch: list[_SQLiteReceipt] = []
