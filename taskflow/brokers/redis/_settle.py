@@ -70,6 +70,9 @@ class Settler:
             self._lock = asyncio.Lock()
         await asyncio.sleep(0)
         async with self._lock:
+            # The previous batch's callers were just woken: let them run on
+            # and join this batch rather than each start a small one.
+            await asyncio.sleep(0)
             if self._open is batch:
                 self._open = None
             try:
