@@ -143,6 +143,12 @@ def running(example: Example, broker_url: str, tmp: Path, namespace: str = "") -
     stack = Stack(example, broker_url, tmp, namespace)
     try:
         yield stack
+    except BaseException:
+        # Shown with the failure: what the server and the worker said.
+        for process in (stack.server, stack.worker):
+            print(f"--- {process.log.name} (last 4000 characters) ---")
+            print(process.output()[-4000:])
+        raise
     finally:
         stack.close()
 
