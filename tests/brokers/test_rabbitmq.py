@@ -384,3 +384,32 @@ async def test_poison_is_retried_then_dead_lettered_and_replayable(make: Make, q
             await broker.join(queue, timeout=10)
         assert all(runs[i] == 5 for i in range(0, 50, 10))
         assert await broker.stats(queue) == (0, 0, 0, 0)
+
+
+async def test_consumer_survives_its_queue_being_deleted(
+    make: Make, queue: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker, admin = make(), make()
+    seen: list[int] = []
+
+    @broker.actor(queue=queue, name="collect")
+    async def collect(x: int) -> None:
+        seen.append(x)
+
+    async with broker, admin:
+        await collect.send(1)
+        async with Worker(broker, [queue], concurrency=2):
+            with anyio.fail_after(10):
+                while seen != [1]:
+                    await anyio.sleep(0.02)
+            await admin.delete_queue(queue)  # RabbitMQ cancels the consumer
+            with anyio.fail_after(10):
+                while True:  # the next send declares the queue again ...
+                    try:
+                        await collect.send(2)
+                        break
+                    except Unroutable:
+                        await anyio.sleep(0.05)
+                while seen != [1, 2]:  # ... and the consumer is back on it
+                    await anyio.sleep(0.02)
+    assert "cancelled by the broker" in caplog.text  # the fault happened

@@ -56,11 +56,8 @@ from taskflow.errors import BrokerError, BrokerUnavailable
 if TYPE_CHECKING:
     import ssl
 
-    from aio_pika.abc import (
-        AbstractIncomingMessage,
-        AbstractRobustChannel,
-        AbstractRobustConnection,
-    )
+    from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
+    from aiormq.abc import DeliveredMessage
 
     from taskflow.results import ResultBackend
 
@@ -268,7 +265,7 @@ class RabbitMQBroker(Broker):
         self._declared: set[str] = set()
         self._exchanges_ready = False
         self._ensure_lock = asyncio.Lock()
-        self._held: dict[str, dict[int, AbstractIncomingMessage]] = {}
+        self._held: dict[str, dict[int, DeliveredMessage]] = {}
         self._consumers: dict[str, set[Consumer]] = {}
         self._checked_timeouts: set[str] = set()
         self._outage = False
@@ -444,6 +441,14 @@ class RabbitMQBroker(Broker):
                 self._ensured[queue] = names
                 self._declared.add(queue)
         return names
+
+    async def ensure(self, queue: str) -> None:
+        """Declare ``queue``'s entities unless done on this connection already."""
+        await self._ensure(queue)
+
+    def forget(self, queue: str) -> None:
+        """Declare ``queue``'s entities again on next use (it was deleted)."""
+        self._ensured.pop(queue, None)
 
     @property
     def declared_queues(self) -> frozenset[str]:
@@ -709,7 +714,7 @@ class RabbitMQBroker(Broker):
     async def move(
         self,
         names: QueueNames,
-        message: AbstractIncomingMessage,
+        message: DeliveredMessage,
         *,
         body: bytes | None = None,
         delay: float = 0.0,
@@ -717,22 +722,23 @@ class RabbitMQBroker(Broker):
     ) -> None:
         """Publish a copy of ``message`` (or ``body`` in its place) back to its queue, confirmed."""
         headers: dict[str, Any] = {H_DELIVERIES: deliveries} if deliveries else {}
+        properties = message.header.properties
         await self._publish(
             names,
             message.body if body is None else body,
-            message_id=message.message_id,
-            priority=message.priority,
+            message_id=properties.message_id,
+            priority=properties.priority,
             delay=delay,
             headers=headers,
         )
 
     async def bury(
-        self, names: QueueNames, message: AbstractIncomingMessage, message_id: str, reason: str
+        self, names: QueueNames, message: DeliveredMessage, message_id: str, reason: str
     ) -> None:
         """Publish ``message`` to the dead-letter queue with ``reason``, confirmed."""
         headers = {H_REASON: reason[:1000], H_DEAD_AT: time.time()}
         properties = self._properties(
-            message_id=message_id, priority=message.priority, headers=headers
+            message_id=message_id, priority=message.header.properties.priority, headers=headers
         )
         await self._basic_publish(
             "", names.dead, message.body, properties, confirm=True, target=names.dead
@@ -740,11 +746,11 @@ class RabbitMQBroker(Broker):
 
     # -- consuming ----------------------------------------------------------
 
-    def hold(self, queue: str, message: AbstractIncomingMessage) -> None:
+    def hold(self, queue: str, message: DeliveredMessage) -> None:
         """Count ``message`` as in flight in this process."""
         self._held.setdefault(queue, {})[id(message)] = message
 
-    def release(self, queue: str, message: AbstractIncomingMessage) -> None:
+    def release(self, queue: str, message: DeliveredMessage) -> None:
         """Stop counting ``message`` as in flight."""
         held = self._held.get(queue)
         if held is not None:

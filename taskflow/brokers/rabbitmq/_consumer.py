@@ -23,8 +23,9 @@ from taskflow.broker import DeadRecord, Receipt
 from taskflow.errors import BrokerError, LeaseLost
 
 if TYPE_CHECKING:
-    from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustQueue
+    from aio_pika.abc import AbstractRobustChannel
     from aiormq.abc import AbstractChannel, DeliveredMessage
+    from pamqp import commands as spec
 
     from taskflow.brokers.rabbitmq._broker import RabbitMQBroker
     from taskflow.brokers.rabbitmq._topology import QueueNames, QueueType
@@ -49,14 +50,14 @@ def _int(value: Any) -> int:
         return 0
 
 
-def prior_deliveries(message: AbstractIncomingMessage, queue_type: QueueType) -> int:
+def prior_deliveries(message: DeliveredMessage, queue_type: QueueType) -> int:
     """How many times ``message`` was delivered before this delivery.
 
     The ``x-tf-deliveries`` header carries the count across republishing;
     on top of it a quorum queue reports its own redeliveries in
     ``x-delivery-count``, and a classic queue only flags one.
     """
-    headers = message.headers or {}
+    headers = message.header.properties.headers or {}
     prior = _int(headers.get(H_DELIVERIES))
     if queue_type == "quorum":
         return prior + _int(headers.get("x-delivery-count"))
@@ -156,8 +157,10 @@ class Consumer:
     returned to the queue as a redelivery. Once a consumer's messages are
     being acked, its window refills as they finish.
 
-    aio-pika restores the channel, its QoS and the active consumer after a
-    reconnection; deliveries still buffered from the dead channel are
+    The consumer runs on the AMQP channel under an aio-pika robust channel
+    (cheaper per delivery than aio-pika's message objects). aio-pika
+    restores the channel and its QoS after a reconnection, and the consumer
+    subscribes again; deliveries still buffered from the dead channel are
     dropped (RabbitMQ requeued them).
     """
 
@@ -174,10 +177,10 @@ class Consumer:
         self.names = names
         self.prefetch = prefetch
         self.arguments = arguments
-        self.buffer: deque[AbstractIncomingMessage] = deque()
+        self.buffer: deque[DeliveredMessage] = deque()
         self.wakeup = asyncio.Event()
         self.channel: AbstractRobustChannel | None = None
-        self.amqp_queue: AbstractRobustQueue | None = None
+        self.raw: AbstractChannel | None = None  # the AMQP channel of the active consumer
         self.tag: str | None = None
         self.unsettled: Counter[str] = Counter()  # per consumer tag
         self.outstanding = 0  # handed out, not settled
@@ -190,12 +193,9 @@ class Consumer:
         self._renewed.set()
 
     @staticmethod
-    def alive(message: AbstractIncomingMessage) -> bool:
+    def alive(message: DeliveredMessage) -> bool:
         """Whether ``message``'s channel is still open (so it can still be settled)."""
-        try:
-            return not message.channel.is_closed
-        except ChannelInvalidStateError:
-            return False
+        return not message.channel.is_closed
 
     async def start(self) -> None:
         """Open the channel, set the prefetch and start consuming.
@@ -224,30 +224,52 @@ class Consumer:
         broker = self.broker
         await broker.connection.connected.wait()
         self.channel = await broker.connection.channel(publisher_confirms=False)
+        self.channel.reopen_callbacks.add(self._on_reopen)
         await self.channel.set_qos(prefetch_count=self.prefetch)
-        self.amqp_queue = await self.channel.declare_queue(
-            self.names.main,
-            durable=True,
-            arguments=broker.topology.main_arguments(self.names),
-        )
         await self._subscribe()
 
     async def _subscribe(self) -> None:
-        assert self.amqp_queue is not None
+        assert self.channel is not None
+        raw = await self.channel.get_underlay_channel()
+        if raw is not self.raw:
+            await raw.queue_declare(
+                self.names.main,
+                durable=True,
+                arguments=self.broker.topology.main_arguments(self.names),
+            )
+            raw.on_consumer_cancel_callbacks.add(self._on_cancelled)
+        ok = await raw.basic_consume(
+            self.names.main, self._on_message, arguments=self.arguments or None
+        )
+        self.raw, self.tag = raw, ok.consumer_tag
         self.generations += 1
-        self.tag = await self.amqp_queue.consume(self._on_message, arguments=self.arguments or None)
 
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        try:
-            self._tracker(message.channel).add(message.delivery_tag or 0)
-        except ChannelInvalidStateError:
+    def _on_reopen(self, _channel: Any) -> None:
+        # The channel (or the whole connection) closed and aio-pika reopened
+        # it: consume again on the new AMQP channel.
+        self.tag = None
+        self.wakeup.set()
+
+    async def _on_cancelled(self, frame: spec.Basic.Cancel) -> None:
+        # RabbitMQ cancelled the consumer (its queue was deleted): declare
+        # the queue again and consume again.
+        if frame.consumer_tag == self.tag:
+            self.tag = None
+            self.raw = None
+            self.broker.forget(self.queue)
+            self.wakeup.set()
+
+    async def _on_message(self, message: DeliveredMessage) -> None:
+        channel = message.channel
+        if channel.is_closed:
             return  # its channel is gone already: RabbitMQ requeued it
+        self._tracker(channel).add(message.delivery_tag or 0)
         self.buffer.append(message)
         self.unsettled[message.consumer_tag or ""] += 1
         self.broker.hold(self.queue, message)
         self.wakeup.set()
 
-    def release(self, message: AbstractIncomingMessage) -> None:
+    def release(self, message: DeliveredMessage) -> None:
         """Stop counting ``message`` (settled, handed back or lost)."""
         tag = message.consumer_tag or ""
         self.unsettled[tag] -= 1
@@ -263,7 +285,7 @@ class Consumer:
             acks = self._acks[id(channel)] = _Acks(channel)
         return acks
 
-    async def ack(self, message: AbstractIncomingMessage) -> None:
+    async def ack(self, message: DeliveredMessage) -> None:
         """Ack ``message`` together with the other acks of this event-loop turn.
 
         Returns once the ack is written to the connection.
@@ -271,6 +293,8 @@ class Consumer:
         Raises:
             ChannelInvalidStateError: The delivery's channel has closed.
         """
+        if message.channel.is_closed:
+            raise ChannelInvalidStateError("the delivery's channel has closed")
         if not self._renewed.is_set():
             await self._renewed.wait()
         self._acked_tags.add(message.consumer_tag or "")
@@ -293,7 +317,7 @@ class Consumer:
         if task is not None:
             await asyncio.shield(task)
 
-    async def requeue_now(self, message: AbstractIncomingMessage) -> None:
+    async def requeue_now(self, message: DeliveredMessage) -> None:
         """Give ``message`` back to RabbitMQ at once (it counts as a redelivery)."""
         try:
             channel = message.channel
@@ -302,7 +326,7 @@ class Consumer:
         except _SETTLE_ERRORS:
             pass
 
-    async def next(self) -> AbstractIncomingMessage:
+    async def next(self) -> DeliveredMessage:
         """The next live delivery, waiting for one."""
         while True:
             while self.buffer:
@@ -327,6 +351,7 @@ class Consumer:
         """Consume again after a renewal failed half-way (the connection dropped)."""
         try:
             with anyio.fail_after(self.broker.send_timeout):
+                await self.broker.ensure(self.queue)
                 if self.channel is not None:
                     await self.channel.ready()
                 await self._subscribe()
@@ -340,8 +365,8 @@ class Consumer:
         try:
             with anyio.fail_after(self.broker.send_timeout):
                 await self.flush()
-                if self.amqp_queue is not None:
-                    await self.amqp_queue.cancel(old)
+                if self.raw is not None and not self.raw.is_closed:
+                    await self.raw.basic_cancel(old)
                 self.tag = None
                 await self._subscribe()
         except (TimeoutError, *_RETRY) as exc:
@@ -349,7 +374,7 @@ class Consumer:
         finally:
             self._renewed.set()
 
-    async def accept(self, message: AbstractIncomingMessage) -> _Receipt | None:
+    async def accept(self, message: DeliveredMessage) -> _Receipt | None:
         """Turn a delivery into a receipt, or settle it here and return ``None``.
 
         Classic-queue redeliveries are republished with their count raised;
@@ -357,12 +382,12 @@ class Consumer:
         """
         broker = self.broker
         prior = prior_deliveries(message, broker.queue_type)
-        headers = message.headers or {}
-        left = _int(headers.get(H_DELAY_LEFT))
+        properties = message.header.properties
+        left = _int((properties.headers or {}).get(H_DELAY_LEFT))
         redelivered = broker.queue_type == "classic" and message.redelivered
         if not (left or redelivered):
             self.outstanding += 1
-            message_id = message.message_id or broker.new_message_id()
+            message_id = properties.message_id or broker.new_message_id()
             return _Receipt(self, message, message_id, prior + 1)
         try:
             await broker.move(
@@ -376,7 +401,7 @@ class Consumer:
         except (*_SETTLE_ERRORS, BrokerError) as exc:
             logger.info(
                 "could not republish message %s on %s (%s); RabbitMQ will redeliver it",
-                message.message_id,
+                properties.message_id,
                 self.queue,
                 broker._describe(exc),
             )
@@ -386,12 +411,11 @@ class Consumer:
 
     async def barrier(self) -> None:
         """A round trip on this consumer's channel, after which earlier deliveries are buffered."""
-        channel = self.channel
-        if channel is None or channel.is_closed:
+        raw = self.raw
+        if raw is None or raw.is_closed:
             return
         try:
             with anyio.fail_after(self.broker.send_timeout):
-                raw = await channel.get_underlay_channel()
                 await raw.queue_declare(self.names.main, passive=True)
         except (TimeoutError, *_SETTLE_ERRORS):
             return
@@ -401,9 +425,9 @@ class Consumer:
     async def stop(self) -> None:
         """Cancel the consumer and hand back what was fetched but not handed out."""
         self.stopped = True
-        if self.amqp_queue is not None and self.tag is not None:
+        if self.raw is not None and self.tag is not None and not self.raw.is_closed:
             try:
-                await self.amqp_queue.cancel(self.tag)
+                await self.raw.basic_cancel(self.tag)
             except _SETTLE_ERRORS:
                 pass
         returning, self.buffer = list(self.buffer), deque()
@@ -411,7 +435,7 @@ class Consumer:
         if self.outstanding <= 0:
             await self._close_channel()
 
-    async def _hand_back(self, message: AbstractIncomingMessage) -> None:
+    async def _hand_back(self, message: DeliveredMessage) -> None:
         broker = self.broker
         try:
             if not self.alive(message):
@@ -438,7 +462,7 @@ class Consumer:
             except _SETTLE_ERRORS:
                 pass
 
-    def settled(self, message: AbstractIncomingMessage) -> None:
+    def settled(self, message: DeliveredMessage) -> None:
         """Bookkeeping after a handed-out delivery was settled (or found lost)."""
         self.release(message)
         self.broker.acked()
@@ -458,7 +482,7 @@ class _Receipt(Receipt):
     def __init__(
         self,
         consumer: Consumer,
-        message: AbstractIncomingMessage,
+        message: DeliveredMessage,
         message_id: str,
         delivery_count: int,
     ) -> None:
