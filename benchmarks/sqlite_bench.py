@@ -44,39 +44,53 @@ def make_broker(directory: str, synchronous: Sync) -> tuple[SQLiteBroker, Any]:
     return broker, noop
 
 
-async def send_one_by_one(sends: int, synchronous: Sync) -> float:
+class Clock:
+    """Wall time and this process's CPU time (all threads) since it was made."""
+
+    def __init__(self) -> None:
+        self.wall = time.perf_counter()
+        self.cpu = time.process_time()
+
+    def rate(self, count: int) -> tuple[float, float]:
+        """Messages per second, and CPU microseconds per message."""
+        wall = time.perf_counter() - self.wall
+        cpu = time.process_time() - self.cpu
+        return count / wall, cpu / count * 1e6
+
+
+async def send_one_by_one(sends: int, synchronous: Sync) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as directory:
         broker, noop = make_broker(directory, synchronous)
         async with broker:
-            began = time.perf_counter()
+            clock = Clock()
             for i in range(sends):
                 await noop.send(i)
-            return sends / (time.perf_counter() - began)
+            return clock.rate(sends)
 
 
-async def send_many(messages: int, synchronous: Sync) -> float:
+async def send_many(messages: int, synchronous: Sync) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as directory:
         broker, noop = make_broker(directory, synchronous)
         async with broker:
-            began = time.perf_counter()
+            clock = Clock()
             for start in range(0, messages, 1000):
                 await noop.send_many([(i,) for i in range(start, min(start + 1000, messages))])
-            return messages / (time.perf_counter() - began)
+            return clock.rate(messages)
 
 
-async def process(messages: int, synchronous: Sync, concurrency: int) -> float:
+async def process(messages: int, synchronous: Sync, concurrency: int) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as directory:
         broker, noop = make_broker(directory, synchronous)
         async with broker:
             for start in range(0, messages, 1000):
                 await noop.send_many([(i,) for i in range(start, min(start + 1000, messages))])
-            began = time.perf_counter()
+            clock = Clock()
             async with Worker(broker, ["bench"], concurrency=concurrency):
                 await broker.join("bench", timeout=600)
-            elapsed = time.perf_counter() - began
+            rate = clock.rate(messages)
             stats = await broker.stats("bench")
             assert stats == (0, 0, 0, 0), stats
-        return messages / elapsed
+        return rate
 
 
 async def idle(seconds: float) -> tuple[float, list[float]]:
@@ -124,9 +138,9 @@ def main() -> None:
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop")
     args = parser.parse_args()
     backend_options = {"use_uvloop": True} if args.uvloop else {}
-    print(f"{'scenario':<12} {'synchronous':<12} {'messages':>9} {'msg/s':>10}")
+    print(f"{'scenario':<12} {'synchronous':<12} {'messages':>9} {'msg/s':>10} {'CPU µs/msg':>11}")
     for synchronous in args.synchronous or ["FULL", "NORMAL"]:
-        scenarios: list[tuple[str, int, Callable[[], Awaitable[float]]]] = [
+        scenarios: list[tuple[str, int, Callable[[], Awaitable[tuple[float, float]]]]] = [
             ("send", args.sends, partial(send_one_by_one, args.sends, synchronous)),
             ("send_many", args.messages, partial(send_many, args.messages, synchronous)),
             (
@@ -136,8 +150,10 @@ def main() -> None:
             ),
         ]
         for name, count, scenario in scenarios:
-            rate = anyio.run(scenario, backend_options=backend_options)
-            print(f"{name:<12} {synchronous:<12} {count:>9} {rate:>10,.0f}", flush=True)
+            rate, cpu = anyio.run(scenario, backend_options=backend_options)
+            print(
+                f"{name:<12} {synchronous:<12} {count:>9} {rate:>10,.0f} {cpu:>11,.0f}", flush=True
+            )
     share, latencies = anyio.run(idle, args.idle, backend_options=backend_options)
     print(f"\nidle consumer: {share:.2%} of a core over {args.idle:.0f} s")
     print(
