@@ -2,9 +2,9 @@
 
 One anyio task group holds everything. A consumer task per queue pulls
 deliveries from the broker and hands them, one at a time, to a fixed set of
-``concurrency`` processor tasks through an unbuffered stream, so at most
-``concurrency`` messages run at once and a consumer fetches only when a
-processor is free to take its next message. Async actors run on the loop;
+``concurrency`` processor tasks through an unbuffered hand-off (:class:`_Handoff`),
+so at most ``concurrency`` messages run at once and a consumer fetches only
+when a processor is free to take its next message. Async actors run on the loop;
 sync actors run in a thread pool of ``threads`` threads.
 
 Shutdown (``stop()``): consumers stop fetching and hand back what they
@@ -15,10 +15,12 @@ thread) and requeued, neither dead-lettered nor counted as a retry.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import logging
 import os
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Self
 
@@ -31,8 +33,6 @@ from taskflow.middleware.retries import describe
 
 if TYPE_CHECKING:
     from types import TracebackType
-
-    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
     from taskflow.broker import Broker, Delivery
 
@@ -70,6 +70,75 @@ class _ThreadCall:
                 ctypes.pythonapi.PyThreadState_SetAsyncExc(
                     ctypes.c_ulong(self._ident), ctypes.py_object(exc_type)
                 )
+
+
+class _Handoff:
+    """Unbuffered hand-over of deliveries from consumers to idle processors.
+
+    A processor that is free waits on a future of its own in ``_idle``; a
+    consumer hands a delivery to the first such future, or waits until a
+    processor is free. Nothing is ever queued in between. This is the
+    rendezvous an unbuffered anyio memory stream gives, for one future per
+    message instead of an event, a checkpoint and backend look-ups.
+    """
+
+    __slots__ = ("_closed", "_free", "_idle")
+
+    def __init__(self) -> None:
+        self._idle: deque[asyncio.Future[Delivery | None]] = deque()
+        self._free: deque[asyncio.Future[None]] = deque()
+        self._closed = False
+
+    def offer(self, delivery: Delivery) -> bool:
+        """Hand ``delivery`` to an idle processor; False when none is waiting."""
+        while self._idle:
+            waiter = self._idle.popleft()
+            if not waiter.done():
+                waiter.set_result(delivery)
+                return True
+        return False
+
+    async def put(self, delivery: Delivery) -> None:
+        """Hand ``delivery`` over, waiting until a processor is free."""
+        while not self.offer(delivery):
+            free = asyncio.get_running_loop().create_future()
+            self._free.append(free)
+            try:
+                await free
+            finally:
+                if not free.done():
+                    free.cancel()
+
+    async def take(self) -> Delivery | None:
+        """Wait for the next delivery; ``None`` once closed.
+
+        Raises:
+            asyncio.CancelledError: Cancelled; a delivery handed over at that
+                very moment is in the exception's ``delivery`` attribute.
+        """
+        if self._closed:
+            return None
+        waiter: asyncio.Future[Delivery | None] = asyncio.get_running_loop().create_future()
+        self._idle.append(waiter)
+        while self._free:
+            free = self._free.popleft()
+            if not free.done():
+                free.set_result(None)
+                break
+        try:
+            return await waiter
+        except asyncio.CancelledError as exc:
+            if waiter.done() and not waiter.cancelled():
+                exc.delivery = waiter.result()  # type: ignore[attr-defined]
+            raise
+
+    def close(self) -> None:
+        """Wake every idle processor with ``None``; later takes return ``None`` at once."""
+        self._closed = True
+        while self._idle:
+            waiter = self._idle.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
 
 
 class Worker:
@@ -152,18 +221,18 @@ class Worker:
 
     async def _serve(self, queues: list[str], task_status: TaskStatus[None]) -> None:
         assert self._stopping is not None
-        send, receive = anyio.create_memory_object_stream["Delivery"](0)
+        handoff = _Handoff()
         async with anyio.create_task_group() as processors:
             for _ in range(self.concurrency):
-                processors.start_soon(self._process_loop, receive.clone())
-            receive.close()
-            async with send, anyio.create_task_group() as consumers:
+                processors.start_soon(self._process_loop, handoff)
+            async with anyio.create_task_group() as consumers:
                 for queue in queues:
-                    consumers.start_soon(self._consume, queue, send.clone())
+                    consumers.start_soon(self._consume, queue, handoff)
                 task_status.started()
                 await self._stopping.wait()
                 consumers.cancel_scope.cancel()
-            # Consumers are gone and the stream is closed: processors finish
+            handoff.close()
+            # Consumers are gone and the hand-off is closed: processors finish
             # what they run, then leave their loops.
             with anyio.move_on_after(self.shutdown_timeout) as grace:
                 await self._wait_idle()
@@ -213,42 +282,46 @@ class Worker:
 
     # -- consuming ----------------------------------------------------------
 
-    async def _consume(self, queue: str, send: MemoryObjectSendStream[Delivery]) -> None:
-        async with send:
-            while True:
-                try:
-                    async for delivery in self.broker.consume(queue, prefetch=self.prefetch):
-                        try:
-                            # Hand over without a loop round trip when a processor waits.
-                            send.send_nowait(delivery)
-                        except anyio.WouldBlock:
-                            await self._send_or_requeue(send, delivery)
-                    return
-                except BrokerError as exc:
-                    # Transports reconnect by themselves; this is the last line of defence.
-                    logger.error("consumer of %s failed (%s); restarting it in 1 s", queue, exc)
-                    await anyio.sleep(1.0)
+    async def _consume(self, queue: str, handoff: _Handoff) -> None:
+        while True:
+            try:
+                async for delivery in self.broker.consume(queue, prefetch=self.prefetch):
+                    # Hand over without a loop round trip when a processor waits.
+                    if not handoff.offer(delivery):
+                        await self._send_or_requeue(handoff, delivery)
+                return
+            except BrokerError as exc:
+                # Transports reconnect by themselves; this is the last line of defence.
+                logger.error("consumer of %s failed (%s); restarting it in 1 s", queue, exc)
+                await anyio.sleep(1.0)
 
-    async def _send_or_requeue(
-        self, send: MemoryObjectSendStream[Delivery], delivery: Delivery
-    ) -> None:
+    async def _send_or_requeue(self, handoff: _Handoff, delivery: Delivery) -> None:
         try:
-            await send.send(delivery)
+            await handoff.put(delivery)
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
                 await self._settle_quietly(delivery.requeue)
             raise
 
-    async def _process_loop(self, receive: MemoryObjectReceiveStream[Delivery]) -> None:
-        async with receive:
-            async for delivery in receive:
-                self._busy += 1
-                try:
-                    await self._handle(delivery)
-                finally:
-                    self._busy -= 1
-                    if self._busy == 0 and self._idle is not None:
-                        self._idle.set()
+    async def _process_loop(self, handoff: _Handoff) -> None:
+        while True:
+            try:
+                delivery = await handoff.take()
+            except asyncio.CancelledError as exc:
+                handed: Delivery | None = getattr(exc, "delivery", None)
+                if handed is not None:
+                    with anyio.CancelScope(shield=True):
+                        await self._settle_quietly(handed.requeue)
+                raise
+            if delivery is None:
+                return
+            self._busy += 1
+            try:
+                await self._handle(delivery)
+            finally:
+                self._busy -= 1
+                if self._busy == 0 and self._idle is not None:
+                    self._idle.set()
 
     # -- processing: lookup → convert → run the stack → settle --------------
 
