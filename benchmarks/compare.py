@@ -158,12 +158,14 @@ LIBRARIES = {
     )
 }
 
-SCENARIOS = ("single", "bulk", "noop", "io", "p50", "p99", "rss")
+SCENARIOS = ("single", "bulk", "noop", "noop_cpu", "io", "io_cpu", "p50", "p99", "rss")
 HEADERS = {
     "single": "enqueue 1-by-1 /s",
     "bulk": "enqueue bulk /s",
     "noop": "no-op /s",
+    "noop_cpu": "no-op CPU µs/job",
     "io": "I/O 50 ms /s",
+    "io_cpu": "I/O CPU µs/job",
     "p50": "latency p50 ms",
     "p99": "latency p99 ms",
     "rss": "peak worker RSS MiB",
@@ -180,7 +182,7 @@ class Sizes:
     timeout: float
 
 
-FULL = Sizes(jobs=20_000, singles=5_000, latency_rate=200, latency_seconds=10, timeout=180)
+FULL = Sizes(jobs=20_000, singles=2_000, latency_rate=200, latency_seconds=5, timeout=180)
 QUICK = Sizes(jobs=2_000, singles=500, latency_rate=100, latency_seconds=2, timeout=60)
 
 
@@ -310,6 +312,25 @@ class Session:
         figures: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
         return figures
 
+    def fill(self, kind: str, jobs: int, producers: int = 4) -> None:
+        """Enqueue ``jobs`` through the bulk path from several producers at once (not timed)."""
+        argv = [str(self.bin / "python"), str(PEERS / f"{self.lib.name}_peer.py"), "bulk"]
+        share = -(-jobs // producers)
+        procs = [
+            subprocess.Popen(
+                [*argv, str(min(share, jobs - i * share)), kind],
+                cwd=PEERS,
+                env=self.env(),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+            for i in range(producers)
+        ]
+        errors = [p.communicate(timeout=self.sizes.timeout * 2)[1] for p in procs]
+        for p, err in zip(procs, errors, strict=True):
+            if p.returncode != 0:
+                raise PhaseFailed(f"filling the queue failed:\n{err.decode()[-3000:]}")
+
     def cleanup(self) -> None:
         if self.broker == "rabbitmq":
             try:
@@ -360,7 +381,7 @@ class Session:
 
     def run(self) -> dict[str, Any]:
         s = self.sizes
-        figures: dict[str, Any] = {"bulk": []}
+        figures: dict[str, Any] = {}
         try:
             self.new_prefix()
             figures["single"] = self.produce("single", str(s.singles))["rate"]
@@ -368,9 +389,13 @@ class Session:
             rss = []
             for kind in ("noop", "io"):
                 self.new_prefix()
-                figures["bulk"].append(self.produce("bulk", str(s.jobs), kind)["rate"])
+                if kind == "noop":
+                    figures["bulk"] = self.produce("bulk", str(s.jobs), kind)["rate"]
+                else:
+                    self.fill(kind, s.jobs)
                 done = self.work(kind, s.jobs)
                 figures[kind] = done["count"] / (done["last"] - done["first"])
+                figures[f"{kind}_cpu"] = 1e6 * done["cpu"] / done["count"]
                 rss.append((done["rss"], done["tree"]))
                 self.cleanup()
             self.new_prefix()

@@ -9,7 +9,8 @@ Every library counts finished jobs the same way: the job calls
 :func:`started` when it begins and :func:`finished` when it is done; both
 only touch memory in the worker process. When the expected number of jobs is
 done, the tally writes one JSON file (``BENCH_OUT``) with the wall-clock time
-of the first start and of the last finish, and, for latency runs, every
+of the first start and of the last finish, the CPU time the worker process
+(all its threads) used in between, and, for latency runs, every
 enqueue-to-start delay. The driver waits for that file. Nothing is sent to
 Redis or RabbitMQ for counting, so the count costs every library the same
 and nothing beyond its own work.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sys
 import threading
@@ -42,6 +44,7 @@ class Tally:
         self.out = os.environ.get("BENCH_OUT", "")
         self.count = 0
         self.first = 0.0
+        self.first_cpu = 0.0
         self.delays: list[float] = []
         self.lock = threading.Lock()
 
@@ -57,6 +60,7 @@ class Tally:
             self.delays.append(now - sent_at)
         if not self.first:
             self.first = now
+            self.first_cpu = time.process_time()
         return True
 
     def finished(self) -> None:
@@ -66,9 +70,11 @@ class Tally:
             if self.count != self.expect or not self.out:
                 return
             last = time.time()
+            cpu = time.process_time() - self.first_cpu
         result: dict[str, Any] = {
             "first": self.first,
             "last": last,
+            "cpu": cpu,
             "count": self.count,
             "delays": self.delays,
         }
@@ -79,6 +85,21 @@ class Tally:
 
 
 TALLY = Tally()
+
+
+class _WarningsOnly(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING
+
+
+def quiet(logger: str) -> None:
+    """Drop a library's per-job INFO lines, even where its CLI forces INFO.
+
+    arq's and streaq's CLIs configure their loggers at INFO and log two lines
+    per job; a filter on the logger survives their ``dictConfig``. Every other
+    library runs at WARNING through its own CLI option.
+    """
+    logging.getLogger(logger).addFilter(_WarningsOnly())
 
 
 def started(sent_at: float | None = None) -> bool:

@@ -5,6 +5,7 @@ or 1,000 (I/O), ``keep_result = 0`` (no result is stored, as in every
 library here), the default ``poll_delay`` of 0.5 s. arq does not choose an
 event loop itself; this module installs uvloop's policy so that it runs on
 uvloop like the others.
+Its per-job INFO log lines are filtered out (``quiet``).
 Producer: ``python arq_peer.py single|bulk|latency|cleanup ...``.
 """
 
@@ -15,13 +16,14 @@ import os
 from typing import Any
 
 import uvloop
-from _common import IO_SECONDS, QUEUE, REDIS_URL, finished, produce
+from _common import IO_SECONDS, QUEUE, REDIS_URL, finished, produce, quiet
 from _common import started as job_started
 from arq import ArqRedis, create_pool
 from arq.connections import RedisSettings
 
 asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
+quiet("arq")
 CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "100"))
 SETTINGS = RedisSettings.from_dsn(REDIS_URL)
 

@@ -3,6 +3,7 @@
 Worker: ``streaq run streaq_peer:worker --workers 1``, ``concurrency`` = 100
 (no-op, latency) or 1,000 (I/O), prefetch at its default (= concurrency),
 on uvloop (``anyio_kwargs``), tasks with ``ttl=0`` (no result is stored).
+Its per-job INFO log lines are filtered out (``quiet``).
 Producer: ``python streaq_peer.py single|bulk|latency|cleanup ...``.
 """
 
@@ -12,10 +13,11 @@ import asyncio
 import os
 from typing import Any
 
-from _common import IO_SECONDS, QUEUE, REDIS_URL, finished, produce
+from _common import IO_SECONDS, QUEUE, REDIS_URL, finished, produce, quiet
 from _common import started as job_started
 from streaq import Worker
 
+quiet("streaq")
 CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "100"))
 worker = Worker(
     redis_url=REDIS_URL,
