@@ -15,9 +15,10 @@ queues under a prefix of its own that are deleted afterwards, with one
 * ``io``: the same with ``await asyncio.sleep(0.05)`` per message at
   concurrency 1,000 (so the ceiling is 20,000 msg/s).
 
-Besides msg/s it prints the benchmark process's CPU time per message: on a
-shared machine the rate moves with the load, the CPU cost much less.
-RabbitMQ's own CPU is not included.
+Besides msg/s it prints the benchmark process's CPU time per message (on a
+shared machine the rate moves with the load, the CPU cost much less) and,
+when the RabbitMQ node runs on this machine, the node's CPU time per message
+over the whole child run (setup and clean-up included).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -102,6 +104,22 @@ async def run(kind: str, scenario: str, url: str, messages: int, sends: int) -> 
             await broker.delete_exchanges()
 
 
+def beam_cpu() -> float | None:
+    """CPU seconds used so far by the local RabbitMQ node (``beam.smp``), if there is one."""
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        if "(beam.smp)" in stat:
+            fields = stat.rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return None
+
+
 def child(args: argparse.Namespace) -> None:
     backend_options = {"use_uvloop": True} if args.uvloop else {}
     rate, cpu_us = anyio.run(
@@ -133,7 +151,7 @@ def main() -> None:
         return
     print(
         f"{'queues':<8} {'scenario':<10} {'messages':>9} {'msg/s':>10}"
-        f" {'CPU µs/msg':>11} {'peak RSS MiB':>13}"
+        f" {'CPU µs/msg':>11} {'node µs/msg':>12} {'peak RSS MiB':>13}"
     )
     for kind in args.brokers.split(","):
         for scenario in args.scenarios.split(","):
@@ -148,12 +166,19 @@ def main() -> None:
             ]
             if args.uvloop:
                 command.append("--uvloop")
+            node_before = beam_cpu()
             out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            node_after = beam_cpu()
             result = json.loads(out.strip().splitlines()[-1])
             count = args.sends if scenario == "send" else args.messages
+            node = (
+                f"{(node_after - node_before) / count * 1e6:>12.1f}"
+                if node_before is not None and node_after is not None
+                else f"{'-':>12}"
+            )
             print(
                 f"{kind:<8} {scenario:<10} {count:>9,} {result['rate']:>10,.0f}"
-                f" {result['cpu_us']:>11.1f} {result['peak_rss_mib']:>13.1f}",
+                f" {result['cpu_us']:>11.1f} {node} {result['peak_rss_mib']:>13.1f}",
                 flush=True,
             )
 
