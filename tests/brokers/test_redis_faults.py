@@ -53,7 +53,7 @@ class Rig:
         self.options.update(options)
         self.ledger = tmp_path / "ledger"
         self.ledger.mkdir(parents=True)
-        self.broker = build(url, self.namespace, {**self.options, "send_timeout": 1.0})
+        self.broker = build(url, self.namespace, self.options)
         self.workers: list[WorkerCli] = []
 
     def actor(self, name: str) -> Any:
@@ -217,6 +217,7 @@ async def test_workers_ride_out_redis_restarts_and_kills(
     server: RedisServer, rig_factory: Callable[..., Rig]
 ) -> None:
     rig = rig_factory(server.url, visibility_timeout=2.0, reaper_interval=0.5)
+    rig.broker.send_timeout = 1.0  # the producer's, not the workers'
     record = rig.actor("record")
     sent: dict[str, float] = {}
     refused = 0

@@ -121,8 +121,10 @@ class RedisBroker(Broker):
             messages and drops expired dead letters.
         socket_timeout: Seconds any one call may take.
         connect_timeout: Seconds to open a connection.
-        send_timeout: Seconds ``send`` (and other producer calls) keep retrying
-            while the server is unreachable before raising ``BrokerUnavailable``.
+        send_timeout: Seconds a ``send`` (and any other call outside the
+            consumer) may take in all, retries while the server is unreachable
+            included, before it raises ``BrokerUnavailable``. A ``send_many``
+            is one call: split very large batches so each fits in it.
         idle_timeout: Longest single blocking wait of an idle consumer, in seconds.
         redis_options: Extra keyword arguments for the redis-py clients (for
             example ``ssl_ca_certs``).
