@@ -182,7 +182,7 @@ class Sizes:
     timeout: float
 
 
-FULL = Sizes(jobs=20_000, singles=2_000, latency_rate=200, latency_seconds=5, timeout=180)
+FULL = Sizes(jobs=20_000, singles=2_000, latency_rate=200, latency_seconds=5, timeout=600)
 QUICK = Sizes(jobs=2_000, singles=500, latency_rate=100, latency_seconds=2, timeout=60)
 
 
@@ -416,6 +416,9 @@ class Session:
             figures["error"] = str(exc)
             print(f"error: {self.lib.name}/{self.broker}: {exc}", file=sys.stderr, flush=True)
             self.cleanup()
+        except KeyboardInterrupt:
+            self.cleanup()
+            raise
         return figures
 
 
@@ -629,7 +632,15 @@ def footnotes(rows: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
     return notes
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main() -> None:
+    # Ctrl-C or SIGTERM (even when started in the background, where SIGINT is
+    # ignored) unwinds through every ``finally``, which stops the running worker.
+    signal.signal(signal.SIGINT, _interrupted)
+    signal.signal(signal.SIGTERM, _interrupted)
     args = parse_args()
     started = time.monotonic()
     if _redis_cli(args, "DBSIZE") != "0":
