@@ -26,7 +26,7 @@ import datetime as dt
 import hashlib
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
 from contextlib import aclosing
 from typing import (
     TYPE_CHECKING,
@@ -389,7 +389,7 @@ class Broker(ABC):
 
     # -- consuming ----------------------------------------------------------
 
-    async def consume(self, queue: str, *, prefetch: int = 1) -> AsyncIterator[Delivery]:
+    async def consume(self, queue: str, *, prefetch: int = 1) -> AsyncGenerator[Delivery, None]:
         """Yield deliveries from ``queue``, fetching up to ``prefetch`` at a time.
 
         Bad input never reaches the caller: bodies over the size limit,

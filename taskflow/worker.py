@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("taskflow.worker")
 
+#: Seconds a stopping consumer may take to hand back its prefetched messages.
+HAND_BACK_TIMEOUT = 10.0
+
 
 class WorkerShutdown(TaskflowError):
     """Raised inside a sync actor's thread when the worker gives up waiting for it."""
@@ -284,8 +287,9 @@ class Worker:
 
     async def _consume(self, queue: str, handoff: _Handoff) -> None:
         while True:
+            deliveries = self.broker.consume(queue, prefetch=self.prefetch)
             try:
-                async for delivery in self.broker.consume(queue, prefetch=self.prefetch):
+                async for delivery in deliveries:
                     # Hand over without a loop round trip when a processor waits.
                     if not handoff.offer(delivery):
                         await self._send_or_requeue(handoff, delivery)
@@ -294,6 +298,11 @@ class Worker:
                 # Transports reconnect by themselves; this is the last line of defence.
                 logger.error("consumer of %s failed (%s); restarting it in 1 s", queue, exc)
                 await anyio.sleep(1.0)
+            finally:
+                # Hand back what the consumer prefetched now, even when cancelled,
+                # rather than whenever the abandoned generator is collected.
+                with anyio.move_on_after(HAND_BACK_TIMEOUT, shield=True):
+                    await deliveries.aclose()
 
     async def _send_or_requeue(self, handoff: _Handoff, delivery: Delivery) -> None:
         try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -21,14 +20,14 @@ async def take(
     """Fetch ``n`` deliveries (unsettled) from ``queue``, failing after ``timeout``."""
     got: list[Delivery] = []
     with anyio.fail_after(timeout):
-        consumer: AsyncIterator[Delivery] = broker.consume(queue, prefetch=prefetch)
+        consumer = broker.consume(queue, prefetch=prefetch)
         try:
             async for delivery in consumer:
                 got.append(delivery)
                 if len(got) == n:
                     break
         finally:
-            await consumer.aclose()  # type: ignore[attr-defined]
+            await consumer.aclose()
     return got
 
 

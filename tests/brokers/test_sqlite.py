@@ -70,7 +70,7 @@ async def take(
                 if len(got) == n:
                     break
         finally:
-            await consumer.aclose()  # type: ignore[attr-defined]
+            await consumer.aclose()
     return got
 
 
@@ -308,7 +308,7 @@ async def test_cancelled_consumer_hands_back_its_batch(broker: SQLiteBroker) -> 
         async for d in consumer:
             got.append(d)
             await anyio.sleep_forever()
-    await consumer.aclose()  # type: ignore[attr-defined]
+    await consumer.aclose()
     assert len(got) == 1
     assert await broker.stats(QUEUE) == (4, 0, 1, 0)
 
