@@ -16,10 +16,14 @@ build the broker from the environment:
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -149,6 +153,26 @@ async def crash_before_ack() -> None:
 
 # -- fault injection on the test RabbitMQ -------------------------------------
 
+LOCK_PATH = Path(tempfile.gettempdir()) / "taskflow-rabbitmq-tests.lock"
+
+
+@contextmanager
+def server_lock(*, exclusive: bool) -> Iterator[None]:
+    """Hold the test RabbitMQ: shared by ordinary tests, exclusive for server-wide faults.
+
+    ``stop_app`` and memory alarms hit every connection on the node, so a
+    test run that injects them waits until no other run (another checkout,
+    another session) is in the middle of a RabbitMQ test, and the others
+    wait for it. A file lock on the host does that across processes.
+    """
+    fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
+
+
 _CLOSE_CONNECTIONS = """Ps = [P || I <- rabbit_networking:connection_info_all([pid, client_properties]),
   {pid, P} <- [lists:keyfind(pid, 1, I)],
   {client_properties, CP} <- [lists:keyfind(client_properties, 1, I)],
@@ -196,6 +220,9 @@ def contract_broker(
     url: str = request.getfixturevalue("amqp_url")
     if queue_type == "quorum" and request.node.originalname == "test_higher_priority_first":
         pytest.skip("quorum queues have no message priorities before RabbitMQ 4.0")
+    lock = server_lock(exclusive=False)
+    lock.__enter__()
+    request.addfinalizer(lambda: lock.__exit__(None, None, None))
     broker = RabbitMQBroker(
         url,
         prefix=CONTRACT_PREFIX,

@@ -7,7 +7,8 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -19,7 +20,13 @@ from taskflow import BrokerUnavailable, LeaseLost, Worker, broker_from_url
 from taskflow.brokers.rabbitmq import MAX_DELAY, PublishRejected, RabbitMQBroker, Unroutable
 from taskflow.brokers.rabbitmq._consumer import H_DELAY_LEFT, dead_record
 from taskflow.brokers.rabbitmq._topology import UNIT_MS, delay_units, routing_key
-from tests.apps.rabbitmq_app import CONTRACT_PREFIX, close_connections, delete_queues, rabbitmqctl
+from tests.apps.rabbitmq_app import (
+    CONTRACT_PREFIX,
+    close_connections,
+    delete_queues,
+    rabbitmqctl,
+    server_lock,
+)
 from tests.brokers.test_contract import take
 
 pytestmark = pytest.mark.anyio
@@ -28,8 +35,23 @@ Make = Callable[..., RabbitMQBroker]
 
 
 @pytest.fixture
-async def make(amqp_url: str) -> AsyncIterator[Make]:
+def exclusive_rabbitmq() -> Iterator[None]:
+    """For tests that disturb the whole node (memory alarm): no other RabbitMQ test meanwhile."""
+    with server_lock(exclusive=True):
+        yield
+
+
+@pytest.fixture
+async def make(amqp_url: str, request: pytest.FixtureRequest) -> AsyncIterator[Make]:
     """Build connected-on-use brokers under the test prefix; delete their queues afterwards."""
+    with ExitStack() as stack:
+        if "exclusive_rabbitmq" not in request.fixturenames:
+            stack.enter_context(server_lock(exclusive=False))
+        async for build in _make(amqp_url):
+            yield build
+
+
+async def _make(amqp_url: str) -> AsyncIterator[Make]:
     made: list[RabbitMQBroker] = []
 
     def build(**options: Any) -> RabbitMQBroker:
@@ -191,7 +213,9 @@ async def test_negative_confirm_raises_publish_rejected(make: Make, queue: str) 
         assert (await broker.stats(queue)).ready == 1
 
 
-async def test_memory_alarm_blocks_publishing_until_send_timeout(make: Make, queue: str) -> None:
+async def test_memory_alarm_blocks_publishing_until_send_timeout(
+    exclusive_rabbitmq: None, make: Make, queue: str
+) -> None:
     broker = make(send_timeout=1.5)
 
     @broker.actor(queue=queue)

@@ -17,7 +17,8 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,14 @@ from taskflow import BrokerUnavailable, Message
 from taskflow.broker import Envelope
 from taskflow.brokers.rabbitmq import RabbitMQBroker
 from tests.apps import rabbitmq_app as app
-from tests.apps.rabbitmq_app import Row, close_connections, delete_queues, rabbitmqctl, read_ledger
+from tests.apps.rabbitmq_app import (
+    Row,
+    close_connections,
+    delete_queues,
+    rabbitmqctl,
+    read_ledger,
+    server_lock,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -144,13 +152,25 @@ class Scenario:
 
 
 @pytest.fixture
-async def scenario(tmp_path: Path, amqp_url: str) -> AsyncIterator[Scenario]:
+def exclusive_rabbitmq() -> Iterator[None]:
+    """For tests that stop the node: no other RabbitMQ test (of any run) meanwhile."""
+    with server_lock(exclusive=True):
+        yield
+
+
+@pytest.fixture
+async def scenario(
+    tmp_path: Path, amqp_url: str, request: pytest.FixtureRequest
+) -> AsyncIterator[Scenario]:
     s = Scenario(tmp_path, amqp_url)
-    try:
-        async with s.producer:
-            yield s
-    finally:
-        await anyio.to_thread.run_sync(s.cleanup)
+    with ExitStack() as stack:
+        if "exclusive_rabbitmq" not in request.fixturenames:
+            stack.enter_context(server_lock(exclusive=False))
+        try:
+            async with s.producer:
+                yield s
+        finally:
+            await anyio.to_thread.run_sync(s.cleanup)
 
 
 def records(n: int, ms: int) -> list[Message[Any]]:
@@ -309,7 +329,9 @@ async def test_connection_drop_while_workers_run(scenario: Scenario) -> None:
         assert "restarting it" not in w.log()
 
 
-async def test_broker_restart_with_workers_running(scenario: Scenario) -> None:
+async def test_broker_restart_with_workers_running(
+    exclusive_rabbitmq: None, scenario: Scenario
+) -> None:
     scenario.producer.send_timeout = 2
     worker = scenario.worker("--concurrency", "8")
     await worker.ready()
