@@ -437,3 +437,19 @@ async def test_consumer_survives_its_queue_being_deleted(
                 while seen != [1, 2]:  # ... and the consumer is back on it
                     await anyio.sleep(0.02)
     assert "cancelled by the broker" in caplog.text  # the fault happened
+
+
+async def test_sends_without_confirms_when_asked(make: Make, queue: str) -> None:
+    broker = make(confirm_delivery=False)
+
+    @broker.actor(queue=queue)
+    async def echo(x: int) -> int:
+        return x
+
+    async with broker:
+        sent = await echo.send_many([(i,) for i in range(20)])
+        assert broker._unconfirmed is not None and not broker._unconfirmed.publisher_confirms
+        got = await take(broker, queue, 20, prefetch=20)
+        assert [d.message.id for d in got] == [m.id for m in sent]
+        for d in got:
+            await d.ack()
