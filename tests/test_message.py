@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import random
 import time
 
 import msgspec
@@ -72,3 +73,20 @@ def test_decode_errors_keep_the_bytes(data: bytes) -> None:
 def test_unknown_codec() -> None:
     with pytest.raises(ValueError, match="unknown codec"):
         Codec("pickle")  # type: ignore[arg-type]
+
+
+def test_id_encoding_is_crockford_base32_of_time_and_random_bits() -> None:
+    from taskflow._ids import _ALPHABET, _encode
+
+    def reference(value: int) -> str:
+        chars = []
+        for _ in range(26):
+            chars.append(_ALPHABET[value & 31])
+            value >>= 5
+        return "".join(reversed(chars))
+
+    rng = random.Random(7)
+    cases = [(0, 0), ((1 << 48) - 1, (1 << 80) - 1), (1, 1)]
+    cases += [(rng.getrandbits(48), rng.getrandbits(80)) for _ in range(20_000)]
+    for ms, rand in cases:
+        assert _encode(ms, rand) == reference((ms << 80) | rand)
