@@ -434,3 +434,24 @@ async def test_redis_errors_become_broker_unavailable() -> None:
             await backend.store("k", ResultRecord(ok=True), 1)
     finally:
         await backend.close()
+
+
+async def test_redis_bursts_wait_for_a_connection_instead_of_failing(redis_url: str) -> None:
+    # Given far more concurrent writes than connections, Expect every write to land.
+    backend = RedisResults(redis_url, namespace=f"t-{uuid.uuid4().hex[:8]}", max_connections=4)
+    keys = [f"m{i}" for i in range(200)]
+    try:
+
+        async def store(key: str) -> None:
+            await backend.store(key, ResultRecord(ok=True, value=key), 60)
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                for key in keys:
+                    tg.start_soon(store, key)
+        for key in keys:
+            assert (await backend.fetch(key, 1)).value == key
+    finally:
+        await backend.client.delete(*[backend._key(k) for k in keys])
+        await backend.client.delete(*[backend._key(k) + ":ready" for k in keys])
+        await backend.close()

@@ -50,6 +50,9 @@ class RedisResults(ResultBackend):
         namespace: Prefix of every key this backend writes.
         client: An existing ``redis.asyncio.Redis`` client to use instead of
             ``url`` (it is not closed by :meth:`close`).
+        max_connections: Connections this backend opens at most; beyond
+            that, calls wait for a free connection instead of failing (a
+            worker storing hundreds of results at once must not error out).
     """
 
     def __init__(
@@ -58,8 +61,10 @@ class RedisResults(ResultBackend):
         *,
         namespace: str = "taskflow",
         client: aioredis.Redis | None = None,
+        max_connections: int = 100,
     ) -> None:
         self.url = url
+        self.max_connections = max_connections
         self.namespace = namespace
         self._client = client
         self._owns_client = client is None
@@ -71,7 +76,10 @@ class RedisResults(ResultBackend):
     def client(self) -> aioredis.Redis:
         """The Redis client, created on first use."""
         if self._client is None:
-            self._client = aioredis.Redis.from_url(self.url)
+            pool = aioredis.BlockingConnectionPool.from_url(
+                self.url, max_connections=self.max_connections, timeout=30
+            )
+            self._client = aioredis.Redis.from_pool(pool)
         return self._client
 
     async def close(self) -> None:
