@@ -225,6 +225,8 @@ async def test_sigterm_finishes_running_and_returns_prefetched(scenario: Scenari
     sent = {m.id for m in await scenario.send(records(40, 500))}
     a = scenario.worker("--concurrency", "4", "--shutdown-timeout", "10")
     await scenario.until(lambda: len(scenario.rows()) >= 4, 20, "A running")
+    # Only A has run anything yet: its pids are those in the ledger before B starts.
+    pids_a = {r.pid for r in scenario.rows()}
     b = scenario.worker("--concurrency", "4")
     await b.ready()
     a.terminate()
@@ -232,7 +234,6 @@ async def test_sigterm_finishes_running_and_returns_prefetched(scenario: Scenari
     assert await a.wait(10) == 0  # exits cleanly once its running tasks finished
     exited = time.time()
     rows = scenario.rows()
-    pids_a = {r.pid for r in rows if r.at < signalled}
     started_a = {r.id for r in rows if r.pid in pids_a and r.event == "start"}
     done_a = {r.id for r in rows if r.pid in pids_a and r.event == "done"}
     assert started_a and started_a == done_a  # running tasks finished in the grace period
