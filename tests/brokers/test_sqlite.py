@@ -18,6 +18,7 @@ import pytest
 import taskflow
 from taskflow import BrokerUnavailable, Delivery, LeaseLost, Worker
 from taskflow.brokers.sqlite import SQLiteBroker
+from tests.brokers.test_contract import take as contract_take
 
 pytestmark = pytest.mark.anyio
 
@@ -61,17 +62,7 @@ def echo_actor(broker: SQLiteBroker) -> Any:
 async def take(
     broker: SQLiteBroker, n: int = 1, *, prefetch: int = 1, timeout: float = 10.0
 ) -> list[Delivery]:
-    got: list[Delivery] = []
-    with anyio.fail_after(timeout):
-        consumer = broker.consume(QUEUE, prefetch=prefetch)
-        try:
-            async for delivery in consumer:
-                got.append(delivery)
-                if len(got) == n:
-                    break
-        finally:
-            await consumer.aclose()
-    return got
+    return await contract_take(broker, QUEUE, n, prefetch=prefetch, timeout=timeout)
 
 
 async def poll_until(predicate: Callable[[], Any], timeout: float) -> float:
