@@ -125,7 +125,11 @@ def build_stack(middleware: Sequence[Middleware], innermost: CallNext) -> CallNe
 def _layer(m: Middleware, call_next: CallNext) -> CallNext:
     process = m.process
 
-    async def layer(ctx: Context) -> Any:
-        return await process(ctx, call_next)
+    # A plain function returning the layer's coroutine, not a coroutine of its
+    # own: every suspension of an actor (each await) is resumed through the
+    # whole stack, so one coroutine frame less per layer is felt at
+    # thousands of concurrent messages.
+    def layer(ctx: Context) -> Awaitable[Any]:
+        return process(ctx, call_next)
 
     return layer
