@@ -669,8 +669,8 @@ def main() -> None:
         f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}. Jobs per processing run: "
         f"{s.jobs:,}; one-by-one enqueue: {s.singles:,}; latency: {s.latency_rate:.0f} msg/s "
         f"for {s.latency_seconds:.0f} s. Ratios compare with the best of the same broker "
-        "(bold): rates as a fraction of the fastest, latency and memory as a multiple of "
-        "the lowest."
+        "(bold): rates as a fraction of the fastest; CPU, latency and memory as a multiple "
+        "of the lowest."
     )
     print("redis-benchmark (the ceiling): " + ", ".join(f"{k} {v}/s" for k, v in ceiling.items()))
     for note in notes + footnotes(rows):
