@@ -325,10 +325,16 @@ async def test_two_brokers_never_share_a_message(path: Path) -> None:
     async with a, b:
         sent = {m.id for m in await echo.send_many([(i,) for i in range(300)])}
         seen: dict[str, list[str]] = {"a": [], "b": []}
+        got_one = {"a": anyio.Event(), "b": anyio.Event()}
 
         async def drain(name: str, broker: SQLiteBroker) -> None:
+            other = "b" if name == "a" else "a"
             async for d in broker.consume(QUEUE, prefetch=7):
                 seen[name].append(d.message.id)
+                got_one[name].set()
+                # Both brokers hold claims at once before either settles anything,
+                # so the two really compete for the same rows.
+                await got_one[other].wait()
                 await d.ack()
                 if len(seen["a"]) + len(seen["b"]) == len(sent):
                     tg.cancel_scope.cancel()
