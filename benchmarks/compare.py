@@ -688,4 +688,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt as exc:
+        raise SystemExit(f"interrupted ({exc}); the running worker was stopped") from None
