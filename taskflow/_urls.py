@@ -51,7 +51,7 @@ def broker_from_url(url: str, **options: Any) -> Broker:
     except ModuleNotFoundError as exc:
         if exc.name == module_name:
             raise ValueError(f"no broker for {scheme}:// in this version of taskflow") from exc
-        hint = f"pip install 'taskflow[{extra}]'" if extra else "reinstall taskflow"
+        hint = f"pip install 'taskflow-aio[{extra}]'" if extra else "reinstall taskflow-aio"
         raise ValueError(f"the {scheme}:// broker needs {exc.name!r}: {hint}") from exc
     broker_class = getattr(module, class_name)
     broker: Broker = broker_class.from_url(url, **options)

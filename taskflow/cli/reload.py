@@ -22,7 +22,7 @@ def require_watchfiles() -> None:
     try:
         import watchfiles  # noqa: F401
     except ImportError:
-        raise CliError("--watch needs watchfiles: pip install 'taskflow[watch]'") from None
+        raise CliError("--watch needs watchfiles: pip install 'taskflow-aio[watch]'") from None
 
 
 async def watch_python_files(

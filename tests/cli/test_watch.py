@@ -53,5 +53,5 @@ def test_watch_without_watchfiles_is_one_line_and_status_2(
 
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [
-        "Error: --watch needs watchfiles: pip install 'taskflow[watch]'"
+        "Error: --watch needs watchfiles: pip install 'taskflow-aio[watch]'"
     ]
