@@ -508,7 +508,7 @@ async def test_send_to_a_frozen_server_fails_within_send_timeout(server: RedisSe
         os.kill(server.process.pid, signal.SIGSTOP)  # frozen: no RST, no answer
         try:
             start = time.monotonic()
-            with pytest.raises(BrokerUnavailable, match="did not answer"):
+            with pytest.raises(BrokerUnavailable, match="did not take"):
                 await echo.send(2)
             elapsed = time.monotonic() - start
         finally:
@@ -544,3 +544,69 @@ async def test_consumer_resumes_after_redis_restarts(
     assert done.count(2) == 1
     assert caplog.text.count("consumer of q lost the connection") == 1
     assert "consumer of q reconnected" in caplog.text
+
+
+def thread_cpu_seconds(native_id: int) -> float:
+    """CPU time (user + system) a thread of this process has used, from /proc."""
+    fields = Path(f"/proc/self/task/{native_id}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def count_connections(port: int, seconds: float) -> int:
+    """Listen on ``port`` for ``seconds``, closing every connection at once; return how many came."""
+    count = 0
+
+    async def hang_up(stream: anyio.abc.SocketStream) -> None:
+        nonlocal count
+        count += 1
+        await stream.aclose()
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=port)
+    with anyio.move_on_after(seconds):
+        await listener.serve(hang_up)
+    await listener.aclose()
+    return count
+
+
+async def test_keeper_backs_off_while_redis_is_down(
+    server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = RedisBroker(
+        server.url, visibility_timeout=3.0, heartbeat_interval=0.5, reaper_interval=0.2
+    )
+    started, release = anyio.Event(), anyio.Event()
+    runs: list[int] = []
+
+    @broker.actor(queue="q", max_retries=0, time_limit=None)
+    async def hold() -> None:
+        runs.append(1)
+        started.set()
+        await release.wait()
+
+    async with broker, Worker(broker, ["q"], concurrency=2):
+        await hold.send()
+        with anyio.fail_after(5):
+            await started.wait()
+        keeper = broker.keeper
+        assert keeper is not None and keeper._thread.native_id is not None
+        # Given: the keeper renews a running message's lease; then Redis goes away.
+        server.shutdown()
+        assert not server.ping()
+        await poll(lambda: "lease heartbeat lost the connection" in caplog.text, 5)
+        # When: for three seconds every connection attempt is counted (and hung up on).
+        cpu_before = thread_cpu_seconds(keeper._thread.native_id)
+        attempts = await count_connections(server.port, 3.0)
+        cpu = thread_cpu_seconds(keeper._thread.native_id) - cpu_before
+        # Then Redis returns; the keeper says so once and renews again.
+        server.start()
+        renewals = keeper.renewals
+        await poll(lambda: keeper.renewals > renewals, 5)
+        release.set()
+        await broker.join("q", timeout=10)
+    # Backoff: a few attempts per second from the keeper and the consumer
+    # together (a busy loop made thousands), and next to no CPU.
+    assert 3 <= attempts <= 40, attempts
+    assert cpu < 0.3, cpu
+    assert caplog.text.count("lease heartbeat lost the connection") == 1
+    assert caplog.text.count("lease heartbeat reconnected") == 1
+    assert runs == [1]  # the lease outlived the outage: run once

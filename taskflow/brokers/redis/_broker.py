@@ -43,7 +43,6 @@ import math
 import os
 import secrets
 import socket
-import time
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Self, TypeVar
@@ -52,15 +51,15 @@ import anyio
 import redis
 import redis.asyncio
 
+from taskflow._retrying import GaveUp, Outage, retrying
 from taskflow._urls import mask_url
 from taskflow.broker import Broker, DeadRecord, Envelope, QueueStats, Receipt, seconds
 from taskflow.brokers.redis import _scripts
 from taskflow.brokers.redis._connection import (
-    Outage,
     async_client,
-    backoff,
     client_options,
-    is_transient,
+    is_outage,
+    outage_state,
 )
 from taskflow.brokers.redis._keeper import Keeper, LeaseTable
 from taskflow.brokers.redis._keys import Keys
@@ -178,7 +177,7 @@ class RedisBroker(Broker):
         self._keeper: Keeper | None = None
         self._consumer_id = ""
         self._fetches = 0
-        self._producer_outage = Outage(logger, "producer", self._where)
+        self._producer_outage = self._outage("producer")
 
     def __repr__(self) -> str:
         return f"RedisBroker({self._where!r}, namespace={self.namespace!r})"
@@ -266,6 +265,9 @@ class RedisBroker(Broker):
                 await client.aclose()
         self._client = self._blocking = None
 
+    def _outage(self, what: str) -> Outage:
+        return Outage(logger, what, self._where, server="Redis")
+
     def _queue(self, name: str) -> _Queue:
         q = self._queues.get(name)
         if q is None:
@@ -275,41 +277,32 @@ class RedisBroker(Broker):
             q = self._queues[name] = _Queue(self, name, table)
         return q
 
-    async def _retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        """Run ``call``, repeating it while the server is unreachable, for ``send_timeout`` at most.
+    async def _retrying(
+        self, what: str, call: Callable[[], Awaitable[T]], outage: Outage | None = None
+    ) -> T:
+        """Run ``call``, repeating it while the server is unreachable or full, for ``send_timeout``.
 
         Raises:
             BrokerUnavailable: No success within ``send_timeout`` (a frozen
                 server included: the whole loop is under that deadline).
-            BrokerError: The server refused the call (OOM, permissions, ...).
+            BrokerError: The server refused the call (permissions, a bad script, ...).
         """
-        attempt = 0
-        last: BaseException | None = None
         try:
-            # asyncio.timeout: a tenth of the cost of a cancel scope, on every send.
-            async with asyncio.timeout(self.send_timeout):
-                while True:
-                    try:
-                        result = await call()
-                    except redis.RedisError as exc:
-                        if not is_transient(exc):
-                            raise BrokerError(
-                                f"Redis at {self._where} refused {what}: {exc}"
-                            ) from exc
-                        if attempt == 0:
-                            self._producer_outage.failed(exc)
-                        last = exc
-                        await anyio.sleep(backoff(attempt))
-                        attempt += 1
-                    else:
-                        self._producer_outage.recovered()
-                        return result
-        except TimeoutError:
-            pass
-        raise BrokerUnavailable(
-            f"Redis at {self._where} did not answer {what} within {self.send_timeout} s "
-            f"({attempt} failed attempts; last error: {last})"
-        ) from last
+            return await retrying(
+                call,
+                transient=is_outage,
+                outage=outage or self._producer_outage,
+                timeout=self.send_timeout,
+                what=what,
+                state=outage_state,
+            )
+        except GaveUp as exc:
+            raise BrokerUnavailable(
+                f"Redis at {self._where} did not take {what} within {self.send_timeout} s "
+                f"({exc.attempts} failed attempts; last error: {exc.last})"
+            ) from exc.last
+        except redis.RedisError as exc:
+            raise BrokerError(f"Redis at {self._where} refused {what}: {exc}") from exc
 
     async def _script(self, name: str, keys: list[str], args: Sequence[Any]) -> Any:
         return await self._scripts[name](keys=keys, args=args)
@@ -372,7 +365,7 @@ class RedisBroker(Broker):
     async def _consume(self, queue: str, prefetch: int) -> AsyncGenerator[Receipt, None]:
         q = self._queue(queue)
         self._start_keeper()
-        outage = Outage(logger, f"consumer of {queue}", self._where)
+        outage = self._outage(f"consumer of {queue}")
         batch: deque[_RedisReceipt] = deque()
         try:
             while True:
@@ -393,11 +386,11 @@ class RedisBroker(Broker):
                     if not receipts:
                         await self._wait(q, wait_ms)
                 except redis.RedisError as exc:
-                    if not is_transient(exc):
+                    if not is_outage(exc):
                         raise BrokerError(
                             f"Redis at {self._where} refused a fetch from {queue}: {exc}"
                         ) from exc
-                    await anyio.sleep(outage.failed(exc))
+                    await anyio.sleep(outage.failed(exc, state=outage_state(exc)))
         finally:
             if batch:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(self.socket_timeout):
@@ -505,30 +498,19 @@ class RedisBroker(Broker):
         so after a connection error those count as applied.
         """
         args = [_scripts.pack(items)]
-        deadline = time.monotonic() + self.send_timeout
-        outage = q.outage
-        retried = False
-        while True:
-            try:
-                results: list[int] = await self._script("settle", q.keys, args)
-            except redis.RedisError as exc:
-                if not is_transient(exc):
-                    raise BrokerError(f"Redis at {self._where} refused to settle: {exc}") from exc
-                delay = outage.failed(exc)
-                retried = True
-                if time.monotonic() + delay > deadline:
-                    raise BrokerUnavailable(
-                        f"Redis at {self._where} unreachable to settle messages: {exc}"
-                    ) from exc
-                await anyio.sleep(delay)
-                continue
-            outage.recovered()
-            if retried:
-                results = [
-                    _scripts.APPLIED if r in (_scripts.NOT_OWNED, _scripts.GONE) else r
-                    for r in results
-                ]
-            return results
+        attempts = 0
+
+        async def call() -> list[int]:
+            nonlocal attempts
+            attempts += 1
+            return await self._script("settle", q.keys, args)  # type: ignore[no-any-return]
+
+        results = await self._retrying("settling", call, q.outage)
+        if attempts > 1:
+            results = [
+                _scripts.APPLIED if r in (_scripts.NOT_OWNED, _scripts.GONE) else r for r in results
+            ]
+        return results
 
 
 class _Queue:
@@ -541,7 +523,7 @@ class _Queue:
         self.notify_key = broker._keys.notify(name)
         self.leases = leases
         self.settler = Settler(self._flush)
-        self.outage = Outage(logger, f"settling on {name}", broker._where)
+        self.outage = broker._outage(f"settling on {name}")
 
     async def _flush(self, items: Sequence[Item]) -> list[int]:
         return await self.broker._settle(self, items)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import random
-import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,9 +25,26 @@ def is_transient(exc: BaseException) -> bool:
     """Whether ``exc`` means "the server is unreachable or not ready", not "the call is wrong"."""
     if isinstance(exc, redis.AuthenticationError | redis.exceptions.AuthorizationError):
         return False
-    if isinstance(exc, redis.ResponseError) and str(exc).startswith("LOADING"):
+    if isinstance(exc, redis.ResponseError) and str(exc).startswith(("LOADING", "BUSY")):
         return True
     return isinstance(exc, TRANSIENT)
+
+
+def is_full(exc: BaseException) -> bool:
+    """Whether ``exc`` is Redis refusing a write at ``maxmemory`` (policy ``noeviction``)."""
+    return isinstance(exc, redis.exceptions.OutOfMemoryError) or (
+        isinstance(exc, redis.ResponseError) and "OOM command not allowed" in str(exc)
+    )
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` may pass by itself: the server unreachable, not ready, or full."""
+    return is_transient(exc) or is_full(exc)
+
+
+def outage_state(exc: BaseException) -> str:
+    """Words for an outage's log line: a full server is not a lost connection."""
+    return "found out of memory (maxmemory reached)" if is_full(exc) else "lost the connection to"
 
 
 def client_options(
@@ -61,54 +75,3 @@ def async_client(url: str, options: dict[str, Any]) -> redis.asyncio.Redis:
 def sync_client(url: str, options: dict[str, Any]) -> redis.Redis:
     """A blocking client, for the heartbeat thread."""
     return redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **options)
-
-
-def backoff(attempt: int, *, base: float = 0.05, cap: float = 1.0) -> float:
-    """Exponential backoff with full jitter for the ``attempt``-th retry (0-based)."""
-    return random.uniform(0.5, 1.0) * min(cap, base * 2.0 ** min(attempt, 16))
-
-
-class Outage:
-    """Logs a lost connection once per outage, and its end.
-
-    Args:
-        logger: Where to log.
-        what: Who lost the connection, for the log line (``"consumer of q"``).
-        where: The masked server URL.
-    """
-
-    def __init__(self, logger: logging.Logger, what: str, where: str) -> None:
-        self.logger = logger
-        self.what = what
-        self.where = where
-        self.since: float | None = None
-        self.attempts = 0
-        self.count = 0
-
-    def failed(self, exc: BaseException) -> float:
-        """Record a failed attempt; return how long to wait before the next one."""
-        if self.since is None:
-            self.since = time.monotonic()
-            self.count += 1
-            self.logger.warning(
-                "%s lost the connection to Redis at %s (%s: %s); reconnecting",
-                self.what,
-                self.where,
-                type(exc).__name__,
-                exc,
-            )
-        delay = backoff(self.attempts)
-        self.attempts += 1
-        return delay
-
-    def recovered(self) -> None:
-        """Record a successful call; log the end of an outage if there was one."""
-        if self.since is not None:
-            self.logger.info(
-                "%s reconnected to Redis at %s after %.1f s",
-                self.what,
-                self.where,
-                time.monotonic() - self.since,
-            )
-            self.since = None
-            self.attempts = 0

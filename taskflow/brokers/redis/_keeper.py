@@ -27,8 +27,11 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
+import redis
+
+from taskflow._retrying import Outage
 from taskflow.brokers.redis import _scripts
-from taskflow.brokers.redis._connection import Outage, is_transient, sync_client
+from taskflow.brokers.redis._connection import is_full, is_outage, outage_state, sync_client
 
 if TYPE_CHECKING:
     from taskflow.brokers.redis._keys import Keys
@@ -125,7 +128,12 @@ class Keeper:
         self._reap_every = reaper_interval / 2
         self._dead_letter_ttl_ms = dead_letter_ttl_ms
         self._lock_token = secrets.token_hex(8)
-        self._outage = Outage(logger, "lease heartbeat", where)
+        # Retries during an outage back off up to half a heartbeat: leases
+        # must be renewed soon after the server returns, but never in a busy loop.
+        self._outage = Outage(
+            logger, "lease heartbeat", where, server="Redis", cap=min(1.0, heartbeat_interval / 2)
+        )
+        self._full_logged = False
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._renew_now = False
@@ -173,19 +181,25 @@ class Keeper:
         self._next_beat = self._next_reap = time.monotonic()
         try:
             while not self._stop.is_set():
-                try:
-                    self._tick(client, renew, maintain)
-                except Exception as exc:
-                    if is_transient(exc):
-                        self._outage.failed(exc)
-                    else:
-                        logger.exception("lease heartbeat or reaper failed")
+                wait = self._step(client, renew, maintain)
                 self._watch_loop()
-                wait = min(self._next_beat, self._next_reap) - time.monotonic()
                 self._wake.wait(max(0.0, wait))
                 self._wake.clear()
         finally:
             client.close()
+
+    def _step(self, client: Any, renew: Any, maintain: Any) -> float:
+        """Run what is due; return the seconds to wait before the next step."""
+        try:
+            self._tick(client, renew, maintain)
+        except Exception as exc:
+            if not is_outage(exc):
+                logger.exception("lease heartbeat or reaper failed")
+                return self._heartbeat_interval
+            # A full server counts as an outage too: while writes are refused
+            # no one can renew, so the reaper must hold back afterwards.
+            return self._outage.failed(exc, state=outage_state(exc))
+        return min(self._next_beat, self._next_reap) - time.monotonic()
 
     def _tick(self, client: Any, renew: Any, maintain: Any) -> None:
         now = time.monotonic()
@@ -232,13 +246,7 @@ class Keeper:
         return talked
 
     def _reap(self, client: Any, maintain: Any) -> None:
-        got = client.set(
-            self._keys.reaper_lock,
-            self._lock_token,
-            nx=True,
-            px=max(1, int(self._reap_every * 1000)),
-        )
-        if not got:
+        if not self._take_lock(client):
             return
         self.reaper_runs += 1
         for raw in client.smembers(self._keys.queues):
@@ -257,6 +265,31 @@ class Keeper:
                     )
                 if max(promoted, reaped, expired) < _CHUNK:
                     break
+
+    def _take_lock(self, client: Any) -> bool:
+        """Take the namespace's reaper lock for half an interval; False if another holds it."""
+        try:
+            return bool(
+                client.set(
+                    self._keys.reaper_lock,
+                    self._lock_token,
+                    nx=True,
+                    px=max(1, int(self._reap_every * 1000)),
+                )
+            )
+        except redis.RedisError as exc:
+            if not is_full(exc):
+                raise
+        # At maxmemory Redis refuses the lock's write, but not the reaper's
+        # moves (each script frees before it writes). The lock only saves
+        # work: every maintenance step is one atomic script, safe to run by
+        # several reapers at once, so run unlocked rather than not at all.
+        if not self._full_logged:
+            self._full_logged = True
+            logger.warning(
+                "Redis is at maxmemory: the reaper lock cannot be written, reaping without it"
+            )
+        return True
 
     def _watch_loop(self) -> None:
         loop = self._loop
