@@ -26,10 +26,10 @@ from taskflow.errors import ResultFailed, ResultTimeout
 
 if TYPE_CHECKING:
     from taskflow.broker import Broker
+    from taskflow.brokers.sqlite._results import SQLiteResults
     from taskflow.message import Message
     from taskflow.results.memory import MemoryResults
     from taskflow.results.redis import RedisResults
-    from taskflow.results.sqlite import SQLiteResults
 
 __all__ = [
     "MemoryResults",
@@ -161,7 +161,7 @@ def __getattr__(name: str) -> Any:
 
         return MemoryResults
     if name == "SQLiteResults":
-        from taskflow.results.sqlite import SQLiteResults
+        from taskflow.brokers.sqlite._results import SQLiteResults
 
         return SQLiteResults
     if name == "RedisResults":

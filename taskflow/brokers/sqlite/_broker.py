@@ -18,7 +18,7 @@ import anyio
 
 from taskflow.broker import Broker, DeadRecord, Envelope, QueueStats, Receipt
 from taskflow.brokers.sqlite import _sql as sql
-from taskflow.brokers.sqlite._database import Database, Ticker
+from taskflow.brokers.sqlite._database import Database, GroupCommit, Ticker
 from taskflow.brokers.sqlite._watcher import Watcher
 from taskflow.errors import LeaseLost
 
@@ -48,27 +48,6 @@ _URL_INTS = frozenset({"max_deliveries", "max_message_size"})
 #: with it and charged a delivery. Innocent messages held by a dying worker
 #: pay at most this many deliveries before they are isolated too.
 SUSPECT_EXPIRIES = 2
-
-
-class _Op:
-    """A settlement or send waiting for the next group commit."""
-
-    __slots__ = ("error", "fn", "rowcount")
-
-    def __init__(self, fn: Callable[[sqlite3.Connection], int]) -> None:
-        self.fn = fn
-        self.error: BaseException | None = None
-        self.rowcount = 0
-
-
-class _Batch:
-    """Operations committed together in one transaction; ``done`` is set after it."""
-
-    __slots__ = ("done", "ops")
-
-    def __init__(self) -> None:
-        self.ops: list[_Op] = []
-        self.done = anyio.Event()
 
 
 class SQLiteBroker(Broker):
@@ -124,12 +103,10 @@ class SQLiteBroker(Broker):
         super().__init__(**options)
         self.owner = ""
         self._db = Database(self.path, busy_timeout, synchronous)
-        self._limiter: anyio.CapacityLimiter | None = None
+        self._conn: GroupCommit | None = None
         self._tickers: list[Ticker] = []
         self._watcher: Watcher | None = None
         self._held: set[int] = set()
-        self._batch: _Batch | None = None
-        self._flushing = False
         self._wakeups: dict[str, anyio.Event] = {}
         self._last_renewal = 0.0
 
@@ -166,58 +143,28 @@ class SQLiteBroker(Broker):
 
     def _default_results(self) -> ResultBackend:
         # Imported only when asked for: a broker without results never loads it.
-        from taskflow.results.sqlite import SQLiteResults
+        from taskflow.brokers.sqlite._results import SQLiteResults
 
-        return SQLiteResults(self.path)
+        return SQLiteResults(
+            self.path, busy_timeout=self.busy_timeout, synchronous=self.synchronous
+        )
 
     # -- plumbing -------------------------------------------------------------
 
+    def _connection(self) -> GroupCommit:
+        if self._conn is None:
+            raise RuntimeError(f"{self!r} is not connected")
+        return self._conn
+
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await anyio.to_thread.run_sync(self._db.read, fn, limiter=self._limiter)
+        return await self._connection().read(fn)
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        return await anyio.to_thread.run_sync(self._db.write, fn, limiter=self._limiter)
+        return await self._connection().write(fn)
 
     async def _commit(self, fn: Callable[[sqlite3.Connection], int]) -> int:
-        """Run ``fn`` in the next group commit; return its row count.
-
-        The first caller while no commit runs becomes the leader: it commits
-        every waiting operation in one transaction, again and again until none
-        is left. Others wait for their turn. The leader is shielded from
-        cancellation so that it never strands the operations of others.
-        """
-        op = _Op(fn)
-        batch = self._batch
-        if batch is None:
-            batch = self._batch = _Batch()
-        batch.ops.append(op)
-        if self._flushing:
-            await batch.done.wait()
-        else:
-            self._flushing = True
-            try:
-                with anyio.CancelScope(shield=True):
-                    while self._batch is not None:
-                        current, self._batch = self._batch, None
-                        await self._flush(current)
-            finally:
-                self._flushing = False
-        if op.error is not None:
-            raise op.error
-        return op.rowcount
-
-    async def _flush(self, batch: _Batch) -> None:
-        def run(conn: sqlite3.Connection) -> None:
-            for op in batch.ops:
-                op.rowcount = op.fn(conn)
-
-        try:
-            await self._write(run)
-        except BaseException as exc:
-            for op in batch.ops:
-                op.error = exc
-        finally:
-            batch.done.set()
+        """Run ``fn`` in the next group commit; return its row count."""
+        return await self._connection().commit(fn)
 
     def _wakeup(self, queue: str) -> anyio.Event:
         """The event that a local send or the watcher sets for ``queue``'s consumers."""
@@ -237,9 +184,8 @@ class SQLiteBroker(Broker):
         # A fresh owner per connection: a forked copy or a reconnect never
         # inherits the leases of an earlier one.
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
-        self._limiter = anyio.CapacityLimiter(1)
+        self._conn = GroupCommit(self._db)
         self._wakeups = {}
-        self._batch = None
         self._held = set()
         await self._write(sql.create_schema)
         self._last_renewal = time.monotonic()
@@ -270,7 +216,8 @@ class SQLiteBroker(Broker):
         watcher, self._watcher = self._watcher, None
         if watcher is not None:
             await anyio.to_thread.run_sync(watcher.stop)
-        await anyio.to_thread.run_sync(self._db.close, limiter=self._limiter)
+        if self._conn is not None:
+            await self._conn.close()
 
     def _heartbeat(self, db: Database) -> Callable[[], None]:
         params = {"owner": self.owner, "lease": self.visibility_timeout}

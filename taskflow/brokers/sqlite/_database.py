@@ -1,4 +1,13 @@
-"""Connections to the SQLite file: busy retries, and background threads on a fixed rate."""
+"""Connections to the SQLite file: busy retries, group commit, and threads on a fixed rate.
+
+These are the SQLite transport's policies, shared by the broker and its
+result store (``_results``): every connection runs in WAL mode with the
+broker's ``synchronous`` setting; a busy database is waited for by SQLite's
+busy handler, then the whole transaction is retried with backoff; and
+writes from the event loop's side go through one :class:`GroupCommit`, so
+that everything arriving while a transaction runs shares the next commit
+(and its ``fsync``).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +17,10 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar, cast
+
+import anyio
+import anyio.to_thread
 
 from taskflow.errors import BrokerError, BrokerUnavailable
 
@@ -24,6 +36,11 @@ def _is_busy(exc: sqlite3.Error) -> bool:
     if code is not None:
         return code & 0xFF in _BUSY_CODES
     return "locked" in str(exc) or "busy" in str(exc)
+
+
+def _cannot_open(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF == sqlite3.SQLITE_CANTOPEN
 
 
 class Database:
@@ -74,6 +91,10 @@ class Database:
                 try:
                     return self._attempt(fn, write)
                 except sqlite3.Error as exc:
+                    if _cannot_open(exc):
+                        raise BrokerUnavailable(
+                            f"cannot open SQLite file {self.path}: {exc}"
+                        ) from exc
                     if not _is_busy(exc):
                         raise BrokerError(f"SQLite error on {self.path}: {exc}") from exc
                     if time.monotonic() >= deadline:
@@ -103,6 +124,98 @@ class Database:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+
+class _Op:
+    """An operation waiting for the next group commit."""
+
+    __slots__ = ("error", "fn", "result")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
+        self.fn = fn
+        self.error: BaseException | None = None
+        self.result: Any = None
+
+
+class _Batch:
+    """Operations committed together in one transaction; ``done`` is set after it."""
+
+    __slots__ = ("done", "ops")
+
+    def __init__(self) -> None:
+        self.ops: list[_Op] = []
+        self.done = anyio.Event()
+
+
+class GroupCommit:
+    """Runs writes from the event loop in a thread, committing concurrent ones together.
+
+    The first caller while no commit runs becomes the leader: it commits
+    every waiting operation in one transaction, again and again until none
+    is left. Others wait for their turn. The leader is shielded from
+    cancellation so that it never strands the operations of others. Reads
+    and single transactions (:meth:`read`, :meth:`write`) share the same
+    connection and thread limiter, one statement at a time.
+
+    Create it inside the event loop that uses it.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.limiter = anyio.CapacityLimiter(1)
+        self._batch: _Batch | None = None
+        self._flushing = False
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` outside a transaction, in the connection's thread."""
+        return await anyio.to_thread.run_sync(self.db.read, fn, limiter=self.limiter)
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in a transaction of its own, in the connection's thread."""
+        return await anyio.to_thread.run_sync(self.db.write, fn, limiter=self.limiter)
+
+    async def commit(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in the next group commit and return what it returned.
+
+        Raises:
+            BrokerError: The transaction failed (every operation in it fails alike).
+        """
+        op = _Op(fn)
+        batch = self._batch
+        if batch is None:
+            batch = self._batch = _Batch()
+        batch.ops.append(op)
+        if self._flushing:
+            await batch.done.wait()
+        else:
+            self._flushing = True
+            try:
+                with anyio.CancelScope(shield=True):
+                    while self._batch is not None:
+                        current, self._batch = self._batch, None
+                        await self._flush(current)
+            finally:
+                self._flushing = False
+        if op.error is not None:
+            raise op.error
+        return cast(T, op.result)
+
+    async def _flush(self, batch: _Batch) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            for op in batch.ops:
+                op.result = op.fn(conn)
+
+        try:
+            await self.write(run)
+        except BaseException as exc:
+            for op in batch.ops:
+                op.error = exc
+        finally:
+            batch.done.set()
+
+    async def close(self) -> None:
+        """Close the connection (the next call opens a new one)."""
+        await anyio.to_thread.run_sync(self.db.close, limiter=self.limiter)
 
 
 class Ticker:
