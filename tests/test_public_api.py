@@ -8,7 +8,8 @@ def test_all_is_sorted_and_complete() -> None:
     for name in taskflow.__all__:
         assert getattr(taskflow, name) is not None
     public = {n for n in dir(taskflow) if not n.startswith("_")}
-    modules = {"actor", "broker", "brokers", "errors", "message", "middleware", "results", "worker"}
+    modules = {"actor", "broker", "brokers", "errors", "logs", "message", "middleware", "results"}
+    modules |= {"worker"}
     assert public - modules - {"composition", "cli", "integrations"} == set(taskflow.__all__)
 
 

@@ -26,6 +26,7 @@ from anyio.abc import TaskStatus
 from taskflow.broker import Broker
 from taskflow.cli.config import WorkerConfig
 from taskflow.cli.loading import CliError, load_broker
+from taskflow.cli.metrics import instrument
 from taskflow.cli.runtime import configure_logging, run_async
 from taskflow.errors import BrokerError
 from taskflow.worker import Worker
@@ -45,12 +46,14 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _remember_sigterm)
     config = WorkerConfig.from_json((argv or sys.argv[1:])[0])
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, config.log_format)
     try:
         broker = load_broker(config.app)
     except CliError as exc:
         logger.error("%s", exc)
         sys.exit(2)
+    if config.metrics:
+        instrument(broker, config.metrics_interval)
     _exit(run_async(serve, broker, config))
 
 

@@ -16,6 +16,9 @@ class WorkerConfig(msgspec.Struct, frozen=True, kw_only=True):
         prefetch: Messages fetched per round trip; ``None`` for the worker's default.
         shutdown_timeout: Seconds running messages get to finish on a graceful stop.
         log_level: Name of the logging level.
+        log_format: ``"text"`` or ``"json"``.
+        metrics: Whether the child counts Prometheus metrics for its supervisor to serve.
+        metrics_interval: Seconds between samples of the queue depths.
     """
 
     app: str
@@ -25,6 +28,9 @@ class WorkerConfig(msgspec.Struct, frozen=True, kw_only=True):
     prefetch: int | None = None
     shutdown_timeout: float = 30.0
     log_level: str = "info"
+    log_format: str = "text"
+    metrics: bool = False
+    metrics_interval: float = 10.0
 
     def to_json(self) -> str:
         """Encode for a child's command line."""

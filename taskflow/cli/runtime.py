@@ -32,8 +32,6 @@ AppSpec = Annotated[
 
 logger = logging.getLogger("taskflow.cli")
 
-LOG_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
-
 
 class LogLevel(enum.StrEnum):
     """Log levels accepted by ``--log-level``."""
@@ -45,9 +43,18 @@ class LogLevel(enum.StrEnum):
     critical = "critical"
 
 
-def configure_logging(level: str) -> None:
-    """Send log records to stderr, with the pid, level and logger in each line."""
-    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, force=True)
+class LogFormat(enum.StrEnum):
+    """Log formats accepted by ``--log-format``."""
+
+    text = "text"
+    json = "json"
+
+
+def configure_logging(level: str, log_format: str = "text") -> None:
+    """Send log records to stderr: text lines with the pid, level and logger, or JSON objects."""
+    from taskflow.logs import configure
+
+    configure(level, log_format)
 
 
 def run_async(fn: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T:

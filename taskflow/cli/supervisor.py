@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import Process, TaskGroup, TaskStatus
@@ -22,6 +23,9 @@ from anyio.abc import Process, TaskGroup, TaskStatus
 from taskflow.cli.backoff import Backoff
 from taskflow.cli.config import WorkerConfig
 from taskflow.cli.reload import watch_python_files
+
+if TYPE_CHECKING:
+    from taskflow.cli.metrics import MetricsServer
 
 logger = logging.getLogger("taskflow.cli.supervisor")
 
@@ -36,14 +40,21 @@ class Supervisor:
         config: What each child runs.
         processes: How many children run at once.
         watch: Restart the children when ``.py`` files under this path change.
+        metrics: The server of the children's metrics, told when a child exits.
     """
 
     def __init__(
-        self, config: WorkerConfig, *, processes: int = 1, watch: Path | None = None
+        self,
+        config: WorkerConfig,
+        *,
+        processes: int = 1,
+        watch: Path | None = None,
+        metrics: MetricsServer | None = None,
     ) -> None:
         self.config = config
         self.processes = processes
         self.watch = watch
+        self.metrics = metrics
         self._children: dict[int, Process] = {}
         self._generation = 0
         self._stop_requested: anyio.Event | None = None
@@ -172,6 +183,8 @@ class Supervisor:
                 status = await process.wait()
         finally:
             del self._children[index]
+            if self.metrics is not None:
+                self.metrics.child_exited(process.pid)
         if self._is_stopping():
             logger.info("child %d (pid %d) %s", index, process.pid, describe_status(status))
         return process.pid, status

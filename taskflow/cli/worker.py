@@ -10,9 +10,11 @@ import typer
 from taskflow.broker import Broker
 from taskflow.cli.config import WorkerConfig
 from taskflow.cli.loading import load_broker
+from taskflow.cli.metrics import MetricsServer, require_prometheus
 from taskflow.cli.reload import require_watchfiles
 from taskflow.cli.runtime import (
     AppSpec,
+    LogFormat,
     LogLevel,
     configure_logging,
     connected,
@@ -52,6 +54,24 @@ def worker(
         ),
     ] = None,
     log_level: Annotated[LogLevel, typer.Option(case_sensitive=False)] = LogLevel.info,
+    log_format: Annotated[
+        LogFormat,
+        typer.Option(case_sensitive=False, help="text lines, or one JSON object per line."),
+    ] = LogFormat.text,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=65535,
+            help="Serve Prometheus metrics of every worker process on this port (/metrics).",
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option(help="Address the metrics endpoint listens on.")
+    ] = "0.0.0.0",
+    metrics_interval: Annotated[
+        float, typer.Option(min=0.1, help="Seconds between samples of the queue depths.")
+    ] = 10.0,
 ) -> None:
     """Run workers: a parent process supervising --processes worker processes.
 
@@ -67,14 +87,28 @@ def worker(
         prefetch=prefetch,
         shutdown_timeout=shutdown_timeout,
         log_level=log_level.value,
+        log_format=log_format.value,
+        metrics=metrics_port is not None,
+        metrics_interval=metrics_interval,
     )
+    metrics = None
     with reporting_errors():
         if watch is not None:
             require_watchfiles()
+        if metrics_port is not None:
+            require_prometheus()
         run_async(_probe, load_broker(app), app)
-    configure_logging(config.log_level)
-    supervisor = Supervisor(config, processes=processes, watch=watch)
-    raise typer.Exit(supervisor.run())
+        configure_logging(config.log_level, config.log_format)
+        if metrics_port is not None:
+            metrics = MetricsServer(metrics_host, metrics_port)
+            metrics.start()
+    supervisor = Supervisor(config, processes=processes, watch=watch, metrics=metrics)
+    try:
+        status = supervisor.run()
+    finally:
+        if metrics is not None:
+            metrics.close()
+    raise typer.Exit(status)
 
 
 async def _probe(broker: Broker, spec: str) -> None:

@@ -9,9 +9,16 @@ Results sit inside callbacks and composition so that a message's result is
 stored before its callback, next pipeline step or group completion is sent:
 whatever runs next can read it. Retries sit inside results so that only
 final outcomes are stored.
+
+:class:`Prometheus` (extra ``taskflow-aio[prometheus]``) is not in the
+default stack; put it first in a stack of your own. It is imported on first
+use, so this package never needs its library.
 """
 
 from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from taskflow.middleware.age_limit import AgeLimit
 from taskflow.middleware.base import CallNext, Context, Middleware, build_stack
@@ -22,6 +29,9 @@ from taskflow.middleware.results import Results
 from taskflow.middleware.retries import Retries
 from taskflow.middleware.time_limit import TimeLimit
 
+if TYPE_CHECKING:
+    from taskflow.middleware.prometheus import Prometheus
+
 __all__ = [
     "AgeLimit",
     "CallNext",
@@ -30,6 +40,7 @@ __all__ = [
     "Context",
     "CurrentMessage",
     "Middleware",
+    "Prometheus",
     "Results",
     "Retries",
     "TimeLimit",
@@ -43,3 +54,16 @@ __all__ = [
 def default_middleware() -> list[Middleware]:
     """Return a fresh default stack (without results; the broker adds those before retries)."""
     return [CurrentMessage(), AgeLimit(), Callbacks(), Composition(), Retries(), TimeLimit()]
+
+
+_OPTIONAL = {
+    "Prometheus": "taskflow.middleware.prometheus",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # The optional layers import their libraries only when asked for.
+    module = _OPTIONAL.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,297 @@
+"""Prometheus metrics of the messages a process sends and processes.
+
+Counted as Dramatiq counts: every attempt is a message processed (and an
+error when it fails), every scheduled retry a retry, every message that
+reaches the dead letters one dead letter (labelled with the reason's kind,
+``max_retries_exceeded``, ``rejected``, ...). Every metric is labelled by
+``queue`` and ``actor``.
+
+The labelled children of each (queue, actor) pair are looked up once and
+kept, so processing a message costs a handful of increments, not a label
+look-up per metric. In ``taskflow worker --metrics-port`` each worker
+process writes its values to files of ``prometheus_client``'s multiprocess
+mode and the supervisor serves their sum; embedded in any other process the
+metrics live in ``prometheus_client``'s default registry (or the one given),
+to be served however that process serves metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+try:
+    from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+except ImportError:  # pragma: no cover - exercised by the CLI's install hint
+    raise ImportError(
+        "taskflow's Prometheus metrics need prometheus-client: "
+        "pip install 'taskflow-aio[prometheus]'"
+    ) from None
+
+from taskflow.message import utcnow
+from taskflow.middleware.base import CallNext, Context, Middleware
+
+if TYPE_CHECKING:
+    from taskflow.broker import Broker
+    from taskflow.message import Message
+    from taskflow.worker import Worker
+
+logger = logging.getLogger("taskflow.middleware.prometheus")
+
+#: Seconds; from 1 ms no-ops to jobs of ten minutes and more.
+DURATION_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+    1800.0,
+    3600.0,
+)
+#: Seconds from enqueue (or eta) to start; queues may wait hours.
+LATENCY_BUCKETS = (*DURATION_BUCKETS, 4 * 3600.0, 24 * 3600.0)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+QUEUE_STATES = ("ready", "delayed", "in_flight", "dead")
+LABELS = ("queue", "actor")
+
+
+class Metrics:
+    """The metric families of taskflow, registered once per registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        def counter(name: str, doc: str, labels: tuple[str, ...] = LABELS) -> Counter:
+            return Counter(name, doc, labels, registry=registry)
+
+        self.sent = counter("taskflow_messages_sent", "Messages handed to the broker to send.")
+        self.messages = counter("taskflow_messages", "Processing attempts started.")
+        self.errors = counter("taskflow_message_errors", "Processing attempts that raised.")
+        self.retries = counter("taskflow_message_retries", "Retries scheduled after a failure.")
+        self.dead_letters = counter(
+            "taskflow_message_dead_letters",
+            "Messages moved to the dead letters, by the reason's kind.",
+            (*LABELS, "reason"),
+        )
+        self.deferrals = counter(
+            "taskflow_message_deferrals", "Messages put back by a full rate limit."
+        )
+        self.in_progress = Gauge(
+            "taskflow_messages_in_progress",
+            "Messages being processed now.",
+            LABELS,
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.duration = Histogram(
+            "taskflow_message_duration_seconds",
+            "Seconds one processing attempt took.",
+            LABELS,
+            registry=registry,
+            buckets=DURATION_BUCKETS,
+        )
+        self.latency = Histogram(
+            "taskflow_message_latency_seconds",
+            "Seconds from enqueue (or eta) until processing started.",
+            LABELS,
+            registry=registry,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.queue_messages = Gauge(
+            "taskflow_queue_messages",
+            "Messages in a queue by state, sampled on an interval.",
+            ("queue", "state"),
+            registry=registry,
+            multiprocess_mode="livemostrecent",
+        )
+
+
+_metrics: dict[int, Metrics] = {}
+
+
+def metrics_for(registry: CollectorRegistry | None = None) -> Metrics:
+    """Return taskflow's metrics in ``registry`` (default: the global one), creating them once."""
+    registry = REGISTRY if registry is None else registry
+    found = _metrics.get(id(registry))
+    if found is None:
+        found = _metrics[id(registry)] = Metrics(registry)
+    return found
+
+
+class _Bound:
+    """The children of every metric for one (queue, actor) pair."""
+
+    __slots__ = ("duration", "errors", "in_progress", "latency", "messages", "metrics", "retries")
+
+    def __init__(self, metrics: Metrics, queue: str, actor: str) -> None:
+        self.metrics = metrics
+        self.messages = metrics.messages.labels(queue, actor)
+        self.errors = metrics.errors.labels(queue, actor)
+        self.retries = metrics.retries.labels(queue, actor)
+        self.in_progress = metrics.in_progress.labels(queue, actor)
+        self.duration = metrics.duration.labels(queue, actor)
+        self.latency = metrics.latency.labels(queue, actor)
+
+
+def reason_kind(reason: str) -> str:
+    """Return the kind of a dead-letter reason: the word before its colon."""
+    return reason.split(":", 1)[0].strip() or "unknown"
+
+
+class _SamplerLock:
+    """Elects one sampler among the processes sharing a multiprocess directory.
+
+    Each process tries an exclusive ``flock`` on one file of the directory;
+    the holder samples, the others try again on their next interval. The
+    kernel releases the lock of a process that dies, so another one takes
+    over. Outside multiprocess mode there is no one to share with.
+    """
+
+    def __init__(self) -> None:
+        directory = os.environ.get(MULTIPROC_ENV)
+        self._path = os.path.join(directory, "queue-sampler.lock") if directory else None
+        self._fd: int | None = None
+        self._held = self._path is None
+
+    def __enter__(self) -> _SamplerLock:
+        if self._path is not None:
+            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # releases the lock
+            self._fd = None
+
+    def acquire(self) -> bool:
+        """Return whether this process holds the lock, taking it when it is free."""
+        if not self._held and self._fd is not None:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            self._held = True
+        return self._held
+
+
+class Prometheus(Middleware):
+    """Count sends and processing in Prometheus metrics (extra ``taskflow-aio[prometheus]``).
+
+    Put it first in a stack to see everything the other layers decide:
+    ``RedisBroker(url, middleware=[Prometheus(), *default_middleware()])``.
+    In a producer it counts ``taskflow_messages_sent_total``; in a worker it
+    counts every metric of the README's list. ``taskflow worker
+    --metrics-port`` adds it to the stack by itself when it is missing.
+
+    Args:
+        registry: Where the metrics live (default: ``prometheus_client``'s global registry).
+        queue_stats_interval: Seconds between samples of the worker's queue
+            depths (``taskflow_queue_messages``); ``None`` samples none.
+    """
+
+    def __init__(
+        self,
+        *,
+        registry: CollectorRegistry | None = None,
+        queue_stats_interval: float | None = None,
+    ) -> None:
+        self.metrics = metrics_for(registry)
+        self.queue_stats_interval = queue_stats_interval
+        self._bound: dict[tuple[str, str], _Bound] = {}
+        self._sampler: asyncio.Task[None] | None = None
+
+    def _for(self, queue: str, actor: str) -> _Bound:
+        bound = self._bound.get((queue, actor))
+        if bound is None:
+            bound = self._bound[(queue, actor)] = _Bound(self.metrics, queue, actor)
+        return bound
+
+    async def before_enqueue(self, broker: Broker, message: Message[Any]) -> Message[Any]:
+        """Count the message as sent."""
+        self.metrics.sent.labels(message.queue, message.actor).inc()
+        return message
+
+    async def process(self, ctx: Context, call_next: CallNext) -> Any:
+        """Count the attempt, time it, and count what became of it."""
+        message = ctx.message
+        bound = self._for(message.queue, message.actor)
+        start = message.eta or message.enqueued_at
+        bound.latency.observe(max((utcnow() - start).total_seconds(), 0.0))
+        bound.messages.inc()
+        bound.in_progress.inc()
+        began = time.perf_counter()
+        try:
+            result = await call_next(ctx)
+        except Exception:
+            bound.errors.inc()
+            raise
+        finally:
+            bound.duration.observe(time.perf_counter() - began)
+            bound.in_progress.dec()
+            self._count_outcome(ctx, bound)
+        return result
+
+    def _count_outcome(self, ctx: Context, bound: _Bound) -> None:
+        outcome = ctx.outcome
+        if outcome == "retry":
+            bound.retries.inc()
+        elif outcome == "dead":
+            self.dead_letter(ctx.message.queue, ctx.message.actor, ctx.delivery.reason or "")
+
+    def dead_letter(self, queue: str, actor: str, reason: str) -> None:
+        """Count one dead letter of ``actor`` on ``queue`` with ``reason``."""
+        self.metrics.dead_letters.labels(queue, actor, reason_kind(reason)).inc()
+
+    # -- queue depths ---------------------------------------------------------
+
+    async def on_startup(self, worker: Worker) -> None:
+        """Start sampling the depths of the worker's queues, when an interval is set."""
+        if self.queue_stats_interval is None:
+            return
+        queues = worker.queues or worker.broker.queues or ["default"]
+        self._sampler = asyncio.create_task(self._sample(worker.broker, queues))
+
+    async def on_shutdown(self, worker: Worker) -> None:
+        """Stop sampling."""
+        sampler, self._sampler = self._sampler, None
+        if sampler is not None:
+            sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler
+
+    async def _sample(self, broker: Broker, queues: list[str]) -> None:
+        assert self.queue_stats_interval is not None
+        with _SamplerLock() as lock:
+            while True:
+                if lock.acquire():
+                    for queue in queues:
+                        await self.sample_queue(broker, queue)
+                await asyncio.sleep(self.queue_stats_interval)
+
+    async def sample_queue(self, broker: Broker, queue: str) -> None:
+        """Set ``taskflow_queue_messages`` for ``queue`` from ``broker.stats``."""
+        try:
+            stats = await broker.stats(queue)
+        except Exception as exc:  # a failed sample must not stop the worker
+            logger.warning("could not sample the depth of queue %s: %s", queue, exc)
+            return
+        gauge = self.metrics.queue_messages
+        for state, count in zip(QUEUE_STATES, stats, strict=True):
+            gauge.labels(queue, state).set(count)

@@ -1,0 +1,131 @@
+"""The Prometheus middleware in one process, with a registry of the test's own."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+from prometheus_client import CollectorRegistry
+
+from taskflow import Reject, Retry, Worker, current_message
+from taskflow.brokers.memory import MemoryBroker
+from taskflow.middleware import Prometheus, default_middleware
+from taskflow.middleware.prometheus import DURATION_BUCKETS
+
+pytestmark = pytest.mark.anyio
+
+
+def value(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    found = registry.get_sample_value(name, labels)
+    return 0.0 if found is None else found
+
+
+def stack(registry: CollectorRegistry, **options: float) -> MemoryBroker:
+    return MemoryBroker(
+        middleware=[Prometheus(registry=registry, **options), *default_middleware()]
+    )
+
+
+async def test_counts_as_dramatiq_does() -> None:
+    registry = CollectorRegistry()
+    broker = stack(registry)
+
+    @broker.actor(queue="q")
+    async def ok() -> None:
+        pass
+
+    @broker.actor(queue="q", max_retries=3)
+    async def flaky() -> None:
+        message = current_message()
+        assert message is not None
+        if message.retries < 2:
+            raise Retry(delay=0)
+
+    @broker.actor(queue="q", max_retries=1, min_backoff=0.001, max_backoff=0.002)
+    async def broken() -> None:
+        raise ValueError("no")
+
+    @broker.actor(queue="q")
+    async def refuse() -> None:
+        raise Reject("nope")
+
+    for _ in range(5):
+        await ok.send()
+    await flaky.send()
+    await broken.send()
+    await refuse.send()
+    async with Worker(broker, ["q"]):
+        await broker.join("q", timeout=10)
+
+    def v(name: str, actor: str, **labels: str) -> float:
+        return value(registry, name, queue="q", actor=actor, **labels)
+
+    assert v("taskflow_messages_sent_total", "ok") == 5
+    assert v("taskflow_messages_total", "ok") == 5
+    assert v("taskflow_messages_total", "flaky") == 3  # every attempt
+    assert v("taskflow_message_errors_total", "flaky") == 2
+    assert v("taskflow_message_retries_total", "flaky") == 2
+    assert v("taskflow_message_retries_total", "broken") == 1
+    assert v("taskflow_message_errors_total", "broken") == 2
+    assert v("taskflow_message_dead_letters_total", "broken", reason="max_retries_exceeded") == 1
+    assert v("taskflow_message_dead_letters_total", "refuse", reason="rejected") == 1
+    assert v("taskflow_message_dead_letters_total", "ok", reason="max_retries_exceeded") == 0
+    assert v("taskflow_messages_in_progress", "ok") == 0
+    assert v("taskflow_message_duration_seconds_count", "ok") == 5
+    assert v("taskflow_message_latency_seconds_count", "flaky") == 3
+
+
+async def test_in_progress_while_running() -> None:
+    registry = CollectorRegistry()
+    broker = stack(registry)
+    started = anyio.Event()
+    release = anyio.Event()
+
+    @broker.actor
+    async def hold() -> None:
+        started.set()
+        await release.wait()
+
+    await hold.send()
+    async with Worker(broker):
+        with anyio.fail_after(10):
+            await started.wait()
+        assert value(registry, "taskflow_messages_in_progress", queue="default", actor="hold") == 1
+        release.set()
+        await broker.join("default", timeout=10)
+    assert value(registry, "taskflow_messages_in_progress", queue="default", actor="hold") == 0
+
+
+def test_buckets_cover_a_millisecond_and_ten_minutes() -> None:
+    assert DURATION_BUCKETS[0] <= 0.001
+    assert any(0.001 < b <= 0.005 for b in DURATION_BUCKETS)
+    assert 600.0 in DURATION_BUCKETS and DURATION_BUCKETS[-1] > 600.0
+
+
+async def test_samples_queue_depths_on_an_interval() -> None:
+    registry = CollectorRegistry()
+    broker = stack(registry, queue_stats_interval=0.05)
+
+    @broker.actor(queue="depth")
+    async def later() -> None:
+        pass
+
+    await later.send_with_options(delay=3600)
+    await later.send_with_options(delay=3600)
+
+    def delayed() -> float:
+        return value(registry, "taskflow_queue_messages", queue="depth", state="delayed")
+
+    async with Worker(broker, ["depth"]):
+        with anyio.fail_after(10):
+            while delayed() != 2:
+                await anyio.sleep(0.02)
+        await broker.purge("depth")
+        with anyio.fail_after(10):
+            while delayed() != 0:  # sampled again, not once at start
+                await anyio.sleep(0.02)
+
+
+def test_one_registry_holds_one_set_of_metrics() -> None:
+    registry = CollectorRegistry()
+    first, second = Prometheus(registry=registry), Prometheus(registry=registry)
+    assert first.metrics is second.metrics
