@@ -8,7 +8,8 @@ tests.apps.sqlite_app:broker`` runs it in real worker processes:
   system under test, where every worker start and every actor run is recorded
   with its message id, delivery count and pid;
 * ``TASKFLOW_TEST_VISIBILITY_TIMEOUT``: the lease, in seconds (default 2);
-* ``TASKFLOW_TEST_WORKER``: a name for the worker, recorded in the ledger.
+* ``TASKFLOW_TEST_WORKER``: a name for the worker, recorded in the ledger;
+* ``TASKFLOW_TEST_MAX_DELIVERIES``: the delivery limit (default 3).
 
 The broker leases for 2 s, reaps every 0.5 s and dead-letters after 3
 deliveries. ``python -m tests.apps.sqlite_app produce COUNT TAG`` is a
@@ -35,6 +36,7 @@ PATH_ENV = "TASKFLOW_TEST_SQLITE"
 LEDGER_ENV = "TASKFLOW_TEST_LEDGER"
 LEASE_ENV = "TASKFLOW_TEST_VISIBILITY_TIMEOUT"
 WORKER_ENV = "TASKFLOW_TEST_WORKER"
+MAX_DELIVERIES_ENV = "TASKFLOW_TEST_MAX_DELIVERIES"
 
 QUEUE = "faults"
 VISIBILITY_TIMEOUT = 2.0
@@ -82,13 +84,18 @@ class WorkerStarts(Middleware):
         record("worker-start")
 
 
-def build(path: str, *, visibility_timeout: float = VISIBILITY_TIMEOUT) -> SQLiteBroker:
+def build(
+    path: str,
+    *,
+    visibility_timeout: float = VISIBILITY_TIMEOUT,
+    max_deliveries: int = MAX_DELIVERIES,
+) -> SQLiteBroker:
     """The broker of this app on ``path``, with its actors declared."""
     broker = SQLiteBroker(
         path,
         visibility_timeout=visibility_timeout,
         reaper_interval=REAPER_INTERVAL,
-        max_deliveries=MAX_DELIVERIES,
+        max_deliveries=max_deliveries,
         middleware=[*default_middleware(), WorkerStarts()],
     )
 
@@ -99,6 +106,13 @@ def build(path: str, *, visibility_timeout: float = VISIBILITY_TIMEOUT) -> SQLit
         delivery = current_delivery()
         if delivery is not None and delivery.delivery_count == 1:
             await anyio.sleep(seconds)
+        record("end", n)
+
+    @broker.actor(queue=QUEUE, max_retries=0)
+    async def steady(n: int, seconds: float) -> None:
+        """Sleeps ``seconds`` on every delivery."""
+        record("start", n)
+        await anyio.sleep(seconds)
         record("end", n)
 
     @broker.actor(queue=QUEUE, max_retries=0)
@@ -131,6 +145,7 @@ def build(path: str, *, visibility_timeout: float = VISIBILITY_TIMEOUT) -> SQLit
 broker = build(
     os.environ.get(PATH_ENV, "taskflow-test.sqlite3"),
     visibility_timeout=float(os.environ.get(LEASE_ENV, VISIBILITY_TIMEOUT)),
+    max_deliveries=int(os.environ.get(MAX_DELIVERIES_ENV, MAX_DELIVERIES)),
 )
 
 

@@ -520,6 +520,62 @@ async def test_suspect_is_leased_alone_and_holds_back_its_consumer(
         tg.cancel_scope.cancel()
 
 
+def test_suspect_company_halves_with_each_expiry_and_is_alone_on_its_last_chance() -> None:
+    from taskflow.brokers.sqlite._broker import company, pick
+
+    # (expiries, deliveries) -> the most messages it may be leased with, prefetch 16, limit 20
+    assert [company(16, e, e, 20) for e in range(7)] == [16, 16, 8, 4, 2, 1, 1]
+    assert company(16, 2, 18, 20) == 8 and company(16, 2, 19, 20) == 1
+    fresh, suspect = (0, 0), (2, 2)
+    rows = [(1, *fresh), (2, *fresh), (3, *suspect), (4, *fresh), (5, *suspect)]
+    assert pick(rows, 16, 20) == [1, 2]
+    assert pick(rows[2:], 16, 20) == [3, 5]
+    many = [(seq, 3, 3) for seq in range(10)]
+    assert pick(many, 16, 20) == [0, 1, 2, 3]
+    assert pick([(1, 3, 3), (2, 5, 5), (3, 3, 3)], 16, 20) == [1]
+
+
+async def test_suspects_are_leased_in_groups_that_hold_back_their_consumer(
+    broker: SQLiteBroker, path: Path
+) -> None:
+    # Given 8 messages whose leases expired twice, and a fresh one after them
+    echo = echo_actor(broker)
+    sent = await echo.send_many([(i,) for i in range(9)])
+    db_rows(path, "UPDATE taskflow_messages SET expiries = 2 WHERE id != ?", (sent[-1].id,))
+    got: list[Delivery] = []
+    arrived = anyio.Condition()
+
+    async def consume() -> None:
+        async for d in broker.consume(QUEUE, prefetch=8):
+            async with arrived:
+                got.append(d)
+                arrived.notify_all()
+
+    async def wait_for(n: int) -> None:
+        with anyio.fail_after(10):
+            async with arrived:
+                while len(got) < n:
+                    await arrived.wait()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(consume)
+        # Then they come four at a time (half the prefetch), all four at once
+        await wait_for(4)
+        assert [d.message.id for d in got] == [m.id for m in sent[:4]]
+        # And nothing more is fetched until all four are settled
+        for d in got[:3]:
+            await d.ack()
+        await anyio.sleep(0.3)
+        assert len(got) == 4 and await broker.stats(QUEUE) == (5, 0, 1, 0)
+        await got[3].ack()
+        await wait_for(8)
+        assert [d.message.id for d in got[4:]] == [m.id for m in sent[4:8]]
+        for d in got[4:]:
+            await d.ack()
+        await wait_for(9)
+        tg.cancel_scope.cancel()
+
+
 async def test_reaper_counts_lease_expiries(path: Path) -> None:
     async with SQLiteBroker(path, visibility_timeout=0.3, heartbeat_interval=60) as b:
         echo = echo_actor(b)

@@ -395,3 +395,76 @@ async def test_many_processes_sending_and_consuming_lose_and_duplicate_nothing(
     assert Counter(r.message_id for r in ends) == Counter(sent)
     assert len({r.pid for r in ends}) >= 2
     assert {r.worker for r in ends} == {"A", "B"}
+
+
+def most_at_once(runs: list[Run], ends: list[Run]) -> int:
+    """The largest number of ``runs`` in progress at one moment (each ends at its ``end``)."""
+    end_of = {r.message_id: r.at for r in ends}
+    events = sorted([(r.at, 1) for r in runs] + [(end_of[r.message_id], -1) for r in runs])
+    now = peak = 0
+    for _, step in events:
+        now += step
+        peak = max(peak, now)
+    return peak
+
+
+async def kill_child_at_delivery(ledger: Ledger, delivery: int, count: int) -> None:
+    """Wait until ``count`` runs of delivery number ``delivery`` started, then SIGKILL their child."""
+
+    def started() -> list[Run]:
+        return [r for r in ledger.runs("start") if r.delivery == delivery]
+
+    await wait_for(lambda: len(started()) == count, 20, f"{count} runs of delivery {delivery}")
+    [child] = {r.pid for r in started()}
+    os.kill(child, signal.SIGKILL)
+    await wait_for(lambda: not alive(child), 5, "the child to die")
+
+
+async def test_innocent_suspects_run_side_by_side_not_one_at_a_time(
+    start_worker: Callable[..., WorkerProcess], store: Store, ledger: Ledger
+) -> None:
+    # Given a supervised worker (concurrency 10, delivery limit 20) running 10 one-second messages
+    a = start_worker("A", "--concurrency", "10", **{app.MAX_DELIVERIES_ENV: "20"})
+    sent = await send(app.build(str(store.path)), "steady", [(i, 1.0) for i in range(10)])
+    # When its child is SIGKILLed twice while all 10 run, so that all 10 become suspects
+    await kill_child_at_delivery(ledger, 1, 10)
+    await kill_child_at_delivery(ledger, 2, 10)
+    # Then every message completes on its third delivery, and none is dead
+    await wait_for(lambda: len(ledger.runs("end")) == 10, 30, "all 10 to finish")
+    await wait_for(lambda: store.states() == (0, 0, 0), 5, "the acks")
+    third = [r for r in ledger.runs("start") if r.delivery == 3]
+    ends = ledger.runs("end")
+    assert {r.message_id for r in third} == {r.message_id for r in ends} == {m.id for m in sent}
+    # And they ran side by side, not one at a time (which took 10 s), but apart: in groups
+    span = max(r.at for r in ends) - min(r.at for r in third)
+    assert span < 4.0, span
+    assert 2 <= most_at_once(third, ends) <= 5
+    assert "running them apart from other work" in a.output()
+
+
+async def test_a_killer_among_suspects_is_found_and_only_it_is_dead(
+    start_worker: Callable[..., WorkerProcess], store: Store, ledger: Ledger
+) -> None:
+    # Given a message that kills its worker, sent before three one-second messages
+    broker = app.build(str(store.path))
+    async with broker:
+        poison = await broker.actors["crash"].send(99)
+        good = await broker.actors["steady"].send_many([(i, 1.0) for i in range(3)])
+    # When a supervised worker (concurrency 4, delivery limit 4) runs them
+    start_worker("A", "--concurrency", "4", **{app.MAX_DELIVERIES_ENV: "4"})
+
+    def drained() -> bool:
+        waiting, in_flight, dead = store.states()
+        return waiting == in_flight == 0 and dead == 1
+
+    await wait_for(drained, 60, "the queue to drain")
+    # Then the killer ran its four deliveries and is the only dead letter
+    starts = ledger.runs("start")
+    assert [r.delivery for r in starts if r.message_id == poison.id] == [1, 2, 3, 4]
+    dead = store.dead()
+    assert list(dead) == [poison.id]
+    assert dead[poison.id][1].startswith("delivery_limit_exceeded")
+    # And every innocent completed within its limit
+    ends = Counter(r.message_id for r in ledger.runs("end"))
+    assert set(ends) == {m.id for m in good}
+    assert max(r.delivery or 0 for r in starts) <= 4

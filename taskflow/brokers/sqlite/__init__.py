@@ -39,10 +39,15 @@ Delivery counts: ``deliveries`` goes up when a message is leased, in the
 same statement, so a message that kills its worker is counted before it runs
 and is dead-lettered past ``max_deliveries``. Messages handed back unseen
 (the unstarted rest of a batch) get their count back. The reaper also counts
-lease expiries; a message whose lease expired twice is a suspect and is
-leased alone, with its consumer fetching nothing more until it is settled,
-so that a worker-killing message stops taking innocent prefetched messages
-down with it (see ``SUSPECT_EXPIRIES``).
+lease expiries; a message whose lease expired twice is a suspect. Suspects
+are never leased with fresh messages, only in groups of suspects, and their
+consumer fetches nothing more until the group is settled; a group may hold
+half the prefetch, halving again with each further expiry of its members,
+and a message about to get its last delivery is leased alone. So a
+worker-killing message stops taking fresh messages down with it, is cornered
+within log2(prefetch) more crashes, and innocent suspects (the neighbours of
+a killer, or the work of a worker killed twice by an operator) still run
+side by side rather than one at a time (see ``SUSPECT_EXPIRIES``).
 
 Polling: a consumer that runs out of work looks again after 5 ms, then
 doubles the wait up to ``poll_interval`` (50 ms by default), each look a

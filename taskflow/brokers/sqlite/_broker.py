@@ -42,12 +42,72 @@ _URL_FLOATS = frozenset(
 _URL_INTS = frozenset({"max_deliveries", "max_message_size"})
 
 #: A message whose lease expired this many times (its worker died or stalled
-#: while holding it, twice) is a suspect: it may be what kills workers. A
-#: suspect is leased alone, and its consumer fetches nothing more until it is
-#: settled, so that if it kills the worker again no innocent message is held
-#: with it and charged a delivery. Innocent messages held by a dying worker
-#: pay at most this many deliveries before they are isolated too.
+#: while holding it, twice) is a suspect: it may be what kills workers.
+#: Suspects are leased in groups of suspects only, and their consumer fetches
+#: nothing more until the whole group is settled, so that a worker-killing
+#: message takes no fresh message down with it. A group may be as large as
+#: half the prefetch at this many expiries, and halves with each further
+#: expiry of its members (see :func:`company`), so a repeat offender is run
+#: alone within log2(prefetch) more crashes while innocent suspects still run
+#: side by side rather than one at a time.
 SUSPECT_EXPIRIES = 2
+
+
+def company(limit: int, expiries: int, deliveries: int, max_deliveries: int) -> int:
+    """How many messages, itself included, a message may be leased with.
+
+    Unbounded (``limit``) until it is a suspect; then ``limit`` halved once
+    for every expiry from :data:`SUSPECT_EXPIRIES` on. A message about to get
+    its last delivery before ``max_deliveries`` is always leased alone, so
+    that an innocent never spends its last chance beside a killer.
+    """
+    if expiries < SUSPECT_EXPIRIES:
+        return limit
+    if deliveries + 1 >= max_deliveries:
+        return 1
+    return max(1, limit >> (expiries - SUSPECT_EXPIRIES + 1))
+
+
+def pick(candidates: Sequence[tuple[int, int, int]], limit: int, max_deliveries: int) -> list[int]:
+    """Choose the seqs to lease from ``(seq, expiries, deliveries)`` rows, best first.
+
+    A batch is either fresh messages up to the first suspect, or suspects
+    only, as many as the most restricted of them allows.
+    """
+    if not candidates:
+        return []
+    if candidates[0][1] < SUSPECT_EXPIRIES:
+        fresh = []
+        for seq, expiries, _ in candidates:
+            if expiries >= SUSPECT_EXPIRIES:
+                break
+            fresh.append(seq)
+        return fresh
+    group: list[int] = []
+    size = limit
+    for seq, expiries, deliveries in candidates:
+        if expiries < SUSPECT_EXPIRIES:
+            continue
+        size = min(size, company(limit, expiries, deliveries, max_deliveries))
+        if len(group) >= size:
+            break
+        group.append(seq)
+    return group
+
+
+class _Quarantine:
+    """The suspects leased together; their consumer waits until all are settled."""
+
+    __slots__ = ("pending", "settled")
+
+    def __init__(self, pending: int) -> None:
+        self.pending = pending
+        self.settled = anyio.Event()
+
+    def release(self) -> None:
+        self.pending -= 1
+        if self.pending <= 0:
+            self.settled.set()
 
 
 class SQLiteBroker(Broker):
@@ -273,44 +333,41 @@ class SQLiteBroker(Broker):
     async def _claim(self, queue: str, limit: int) -> list[_SQLiteReceipt]:
         """Lease up to ``limit`` ready messages, best first, in one transaction.
 
-        A suspect (see :data:`SUSPECT_EXPIRIES`) is never leased with others:
-        the batch stops before the first suspect, or is that suspect alone.
+        Suspects (see :data:`SUSPECT_EXPIRIES`) are never leased with fresh
+        messages: the batch stops before the first suspect, or is a group of
+        suspects (see :func:`pick`).
         """
         params = {"owner": self.owner, "lease": self.visibility_timeout}
 
         def claim(conn: sqlite3.Connection) -> tuple[list[int], list[Any], bool]:
             candidates = conn.execute(sql.CANDIDATES, {"queue": queue, "limit": limit}).fetchall()
-            seqs = [seq for seq, _ in candidates]
-            first_suspect = next(
-                (i for i, (_, expiries) in enumerate(candidates) if expiries >= SUSPECT_EXPIRIES),
-                None,
-            )
-            if first_suspect is not None:
-                seqs = seqs[:first_suspect] or seqs[:1]
+            seqs = pick(candidates, limit, self.max_deliveries)
             if not seqs:
                 return seqs, [], False
             rows = conn.execute(sql.CLAIM, {**params, "seqs": json.dumps(seqs)}).fetchall()
-            return seqs, rows, first_suspect == 0
+            return seqs, rows, candidates[0][1] >= SUSPECT_EXPIRIES
 
-        order, rows, suspect = await self._write(claim)
+        order, rows, suspects = await self._write(claim)
         self._held.update(r[0] for r in rows)
         by_seq = {r[0]: r for r in rows}
+        quarantine = _Quarantine(len(rows)) if suspects and rows else None
         receipts = []
         for seq in order:  # RETURNING does not keep the order
             if seq not in by_seq:
                 continue
             _, message_id, body, deliveries = by_seq[seq]
             receipt = _SQLiteReceipt(self, queue, seq, message_id, body, deliveries)
-            if suspect:
-                logger.warning(
-                    "message %s on %s was in flight when its worker died %d times or more; "
-                    "running it alone",
-                    message_id,
-                    queue,
-                    SUSPECT_EXPIRIES,
-                )
-                receipt.quarantine = anyio.Event()
+            receipt.quarantine = quarantine
             receipts.append(receipt)
+        if quarantine is not None:
+            logger.warning(
+                "%d message(s) on %s were in flight when their worker died %d times or more; "
+                "running them apart from other work: %s",
+                len(receipts),
+                queue,
+                SUSPECT_EXPIRIES,
+                ", ".join(r.message_id for r in receipts),
+            )
         return receipts
 
     async def _next_due(self, queue: str) -> float | None:
@@ -359,12 +416,12 @@ class SQLiteBroker(Broker):
                     batch = await self._claim(queue, prefetch)
                 if batch:
                     wait = 0.005
+                    quarantine = batch[0].quarantine
                     batch.reverse()
                     while batch:
-                        receipt = batch.pop()
-                        yield receipt
-                        if receipt.quarantine is not None:
-                            await receipt.quarantine.wait()
+                        yield batch.pop()
+                    if quarantine is not None:
+                        await quarantine.settled.wait()
                     continue
                 while not await self._idle_wait(queue, wait):
                     wait = min(wait * 2, self.poll_interval)
@@ -440,8 +497,8 @@ class _SQLiteReceipt(Receipt):
         self._broker = broker
         self.queue = queue
         self.seq = seq
-        # Set when a suspect is settled; its consumer fetches nothing until then.
-        self.quarantine: anyio.Event | None = None
+        # The group of suspects this one was leased with; its consumer waits for it.
+        self.quarantine: _Quarantine | None = None
 
     async def _settle(self, statement: str, **params: Any) -> int:
         broker = self._broker
@@ -451,7 +508,8 @@ class _SQLiteReceipt(Receipt):
         finally:
             broker._held.discard(self.seq)
             if self.quarantine is not None:
-                self.quarantine.set()
+                self.quarantine.release()
+                self.quarantine = None
 
     async def _fenced(self, action: str, statement: str, **params: Any) -> None:
         if not await self._settle(statement, **params):

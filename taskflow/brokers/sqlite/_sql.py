@@ -45,7 +45,7 @@ INSERT INTO {TABLE} (queue, id, body, priority, ready_at) VALUES (?, ?, ?, ?, {N
 # its delayed ones, so delayed messages cost nothing until they are due;
 # without INDEXED BY the planner prefers the ``due`` index and sorts the queue.
 CANDIDATES = f"""
-SELECT seq, expiries FROM {TABLE} INDEXED BY taskflow_messages_next
+SELECT seq, expiries, deliveries FROM {TABLE} INDEXED BY taskflow_messages_next
 WHERE queue = :queue AND {WAITING} AND ready_at <= {NOW}
 ORDER BY priority DESC, ready_at, seq LIMIT :limit
 """
