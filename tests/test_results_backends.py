@@ -428,7 +428,7 @@ async def test_redis_keys_are_namespaced_and_expire(redis_url: str) -> None:
 async def test_redis_errors_become_broker_unavailable() -> None:
     from taskflow.errors import BrokerUnavailable
 
-    backend = RedisResults("redis://127.0.0.1:1/0")
+    backend = RedisResults("redis://127.0.0.1:1/0", retry_timeout=0.5)
     try:
         with pytest.raises(BrokerUnavailable):
             await backend.store("k", ResultRecord(ok=True), 1)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -294,3 +295,27 @@ class RedisServer:
         if self.process is not None:
             self.process.kill()
             self._wait()
+
+
+def make_certificates(directory: Path) -> dict[str, Path]:
+    """A CA, and a server certificate for the DNS name ``localhost`` only (not 127.0.0.1)."""
+    import pytest
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    d = directory / "tls"
+    d.mkdir()
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    new_key = ("-newkey", "rsa:2048", "-nodes")
+    openssl("req", "-x509", *new_key, "-days", "1", "-keyout", "ca.key", "-out", "ca.crt",
+            "-subj", "/CN=taskflow test CA")  # fmt: skip
+    openssl(
+        "req", *new_key, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"
+    )
+    (d / "san.ext").write_text("subjectAltName=DNS:localhost\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "server.crt", "-days", "1", "-extfile", "san.ext")  # fmt: skip
+    return {"ca": d / "ca.crt", "cert": d / "server.crt", "key": d / "server.key"}

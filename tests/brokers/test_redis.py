@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
-import subprocess
 import time
 import tracemalloc
 import uuid
@@ -27,7 +25,7 @@ import redis.asyncio.connection
 
 from taskflow import BrokerError, BrokerUnavailable, Delivery, LeaseLost, Worker, broker_from_url
 from taskflow.brokers.redis import RedisBroker
-from tests.apps.redis_app import RedisServer, delete_namespace, free_port
+from tests.apps.redis_app import RedisServer, delete_namespace, free_port, make_certificates
 from tests.brokers.test_contract import take
 
 pytestmark = pytest.mark.anyio
@@ -145,25 +143,7 @@ async def test_acl_user_limited_to_its_namespace(server: RedisServer) -> None:
 
 @pytest.fixture
 def certificates(tmp_path: Path) -> dict[str, Path]:
-    """A CA, and a server certificate for the DNS name ``localhost`` only (not 127.0.0.1)."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
-    d = tmp_path / "tls"
-    d.mkdir()
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
-
-    new_key = ("-newkey", "rsa:2048", "-nodes")
-    openssl("req", "-x509", *new_key, "-days", "1", "-keyout", "ca.key", "-out", "ca.crt",
-            "-subj", "/CN=taskflow test CA")  # fmt: skip
-    openssl(
-        "req", *new_key, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"
-    )
-    (d / "san.ext").write_text("subjectAltName=DNS:localhost\n")
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", "server.crt", "-days", "1", "-extfile", "san.ext")  # fmt: skip
-    return {"ca": d / "ca.crt", "cert": d / "server.crt", "key": d / "server.key"}
+    return make_certificates(tmp_path)
 
 
 async def test_tls_verifies_the_certificate_and_the_host_name(

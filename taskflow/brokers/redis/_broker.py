@@ -63,6 +63,7 @@ from taskflow.brokers.redis._connection import (
 )
 from taskflow.brokers.redis._keeper import Keeper, LeaseTable
 from taskflow.brokers.redis._keys import Keys
+from taskflow.brokers.redis._results import RedisResults
 from taskflow.brokers.redis._settle import Item, Settler
 from taskflow.errors import BrokerError, BrokerUnavailable, LeaseLost
 
@@ -125,6 +126,9 @@ class RedisBroker(Broker):
             included, before it raises ``BrokerUnavailable``. A ``send_many``
             is one call: split very large batches so each fits in it.
         idle_timeout: Longest single blocking wait of an idle consumer, in seconds.
+        max_connections: Connections the broker's pool opens at most (blocking
+            waits of idle consumers and the heartbeat thread have their own);
+            beyond that, callers wait for a free one, within ``send_timeout``.
         redis_options: Extra keyword arguments for the redis-py clients (for
             example ``ssl_ca_certs``).
         **options: Passed to :class:`taskflow.Broker` (``max_deliveries``,
@@ -143,6 +147,7 @@ class RedisBroker(Broker):
         connect_timeout: float = 5.0,
         send_timeout: float = 10.0,
         idle_timeout: float = 2.0,
+        max_connections: int = 64,
         redis_options: dict[str, Any] | None = None,
         **options: Any,
     ) -> None:
@@ -166,6 +171,9 @@ class RedisBroker(Broker):
         self.connect_timeout = connect_timeout
         self.send_timeout = send_timeout
         self.idle_timeout = idle_timeout
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        self.max_connections = max_connections
         self._redis_options = dict(redis_options or {})
         super().__init__(**options)
         self._where = mask_url(url)
@@ -188,9 +196,13 @@ class RedisBroker(Broker):
         return cls(url, **options)
 
     def _default_results(self) -> ResultBackend:
-        from taskflow.results.redis import RedisResults
-
-        return RedisResults(self.url, namespace=self.namespace)
+        return RedisResults(
+            self.url,
+            namespace=self.namespace,
+            socket_timeout=self.socket_timeout,
+            connect_timeout=self.connect_timeout,
+            redis_options=self._redis_options,
+        )
 
     @property
     def keeper(self) -> Keeper | None:
@@ -209,7 +221,9 @@ class RedisBroker(Broker):
 
     async def _connect(self) -> None:
         options = self._client_options()
-        self._client = async_client(self.url, options)
+        self._client = async_client(
+            self.url, options, max_connections=self.max_connections, wait=self.send_timeout
+        )
         # Blocking reads wait up to idle_timeout; their socket timeout must be longer.
         self._blocking = async_client(
             self.url, {**options, "socket_timeout": self.socket_timeout + self.idle_timeout}

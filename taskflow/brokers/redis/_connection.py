@@ -67,9 +67,26 @@ def client_options(
     return options
 
 
-def async_client(url: str, options: dict[str, Any]) -> redis.asyncio.Redis:
-    """An asyncio client that never retries by itself (the broker decides what is safe to repeat)."""
-    return redis.asyncio.Redis.from_url(url, retry=AsyncRetry(NoBackoff(), 0), **options)
+def async_client(
+    url: str,
+    options: dict[str, Any],
+    *,
+    max_connections: int | None = None,
+    wait: float | None = None,
+) -> redis.asyncio.Redis:
+    """An asyncio client that never retries by itself (the caller decides what is safe to repeat).
+
+    With ``max_connections``, the pool is bounded and a caller beyond it waits
+    up to ``wait`` seconds for a free connection instead of opening another
+    (or failing at once, as redis-py's plain pool does when bounded).
+    """
+    retry = AsyncRetry(NoBackoff(), 0)
+    if max_connections is None:
+        return redis.asyncio.Redis.from_url(url, retry=retry, **options)
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=wait, retry=retry, **options
+    )
+    return redis.asyncio.Redis.from_pool(pool)
 
 
 def sync_client(url: str, options: dict[str, Any]) -> redis.Redis:
