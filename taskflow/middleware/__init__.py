@@ -10,9 +10,10 @@ stored before its callback, next pipeline step or group completion is sent:
 whatever runs next can read it. Retries sit inside results so that only
 final outcomes are stored.
 
-:class:`Prometheus` (extra ``taskflow-aio[prometheus]``) is not in the
-default stack; put it first in a stack of your own. It is imported on first
-use, so this package never needs its library.
+:class:`OpenTelemetry` (extra ``taskflow-aio[otel]``) and :class:`Prometheus`
+(extra ``taskflow-aio[prometheus]``) are not in the default stack; put them
+first in a stack of your own. They are imported on first use, so this
+package never needs their libraries.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from taskflow.middleware.retries import Retries
 from taskflow.middleware.time_limit import TimeLimit
 
 if TYPE_CHECKING:
+    from taskflow.middleware.opentelemetry import OpenTelemetry
     from taskflow.middleware.prometheus import Prometheus
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "Context",
     "CurrentMessage",
     "Middleware",
+    "OpenTelemetry",
     "Prometheus",
     "Results",
     "Retries",
@@ -57,6 +60,7 @@ def default_middleware() -> list[Middleware]:
 
 
 _OPTIONAL = {
+    "OpenTelemetry": "taskflow.middleware.opentelemetry",
     "Prometheus": "taskflow.middleware.prometheus",
 }
 

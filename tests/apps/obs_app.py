@@ -54,12 +54,18 @@ def _tracing() -> list[Middleware]:
     return [OpenTelemetry()]
 
 
-def build(url: str | None = None, namespace: str | None = None) -> RedisBroker:
-    """A RedisBroker with the observability tests' actors."""
+def build(
+    url: str | None = None, namespace: str | None = None, first: list[Middleware] | None = None
+) -> RedisBroker:
+    """A RedisBroker with the observability tests' actors.
+
+    ``first`` goes before the default stack (default: tracing when the
+    environment asks for it).
+    """
     b = RedisBroker(
         url or os.environ.get(URL_ENV, "redis://127.0.0.1:6379/15"),
         namespace=namespace or os.environ.get(NAMESPACE_ENV, "taskflow-obs"),
-        middleware=[*_tracing(), *default_middleware(), Markers()],
+        middleware=[*(_tracing() if first is None else first), *default_middleware(), Markers()],
     )
 
     @b.actor(queue=QUEUE)
