@@ -2,8 +2,15 @@
 
 Started by the supervisor as ``python -m taskflow.cli.child CONFIG_JSON``. It
 ignores SIGINT, so a Ctrl-C in the terminal reaches it only as the SIGTERM its
-parent forwards, and it stops gracefully on SIGTERM, exiting 0. It also stops
-when its parent disappears, so no worker outlives a killed supervisor.
+parent forwards, and it stops gracefully on SIGTERM, exiting 0; further
+SIGTERMs (the echo of a signal sent to the whole process group, say) never
+interrupt that stop. It also stops when its parent disappears, so no worker
+outlives a killed supervisor. At start it warns about every queue it consumes
+that no actor of the loaded modules is declared on.
+
+``python -m taskflow.cli.child --check CONFIG_JSON`` only loads the
+application and connects to its broker: the supervisor's check before it
+starts any worker. It prints what went wrong as one line and exits 2.
 
 Exit status: 0 after a graceful stop, 2 when the broker cannot be loaded, 3
 when its server cannot be reached, 1 when the worker crashed.
@@ -17,17 +24,17 @@ import signal
 import sys
 import threading
 import time
-from types import FrameType
 from typing import NoReturn
 
 import anyio
-from anyio.abc import TaskStatus
 
 from taskflow.broker import Broker
+from taskflow.cli._signals import Arrival, StopSignals
+from taskflow.cli.aio import connected, run_async
 from taskflow.cli.config import WorkerConfig
-from taskflow.cli.loading import CliError, load_broker
+from taskflow.cli.loading import CliError, import_modules, load_broker
+from taskflow.cli.logs import configure_logging
 from taskflow.cli.metrics import instrument
-from taskflow.cli.runtime import configure_logging, run_async
 from taskflow.errors import BrokerError
 from taskflow.worker import Worker
 
@@ -36,28 +43,79 @@ logger = logging.getLogger("taskflow.cli.child")
 PARENT_CHECK_INTERVAL = 1.0
 STUCK_THREAD_GRACE = 1.0
 
-# A SIGTERM that comes while the child is still starting is remembered here
-# and honoured once the worker runs, instead of killing the process.
-_sigterm_while_starting = threading.Event()
-
 
 def main(argv: list[str] | None = None) -> None:
     """Run a worker child from the JSON config in ``argv[0]``; exits the process."""
+    args = argv if argv is not None else sys.argv[1:]
+    if args[0] == "--check":
+        sys.exit(check(WorkerConfig.from_json(args[1])))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _remember_sigterm)
-    config = WorkerConfig.from_json((argv or sys.argv[1:])[0])
+    # A SIGTERM that comes while the child is still starting is kept and
+    # honoured once the worker runs, instead of killing the process.
+    signals = StopSignals((signal.SIGTERM,))
+    config = WorkerConfig.from_json(args[0])
     configure_logging(config.log_level, config.log_format)
     try:
-        broker = load_broker(config.app)
+        broker = load(config)
     except CliError as exc:
         logger.error("%s", exc)
         sys.exit(2)
     if config.metrics:
         instrument(broker, config.metrics_interval)
-    _exit(run_async(serve, broker, config))
+    warn_unserved_queues(broker, config)
+    _exit(run_async(serve, broker, config, signals))
 
 
-async def serve(broker: Broker, config: WorkerConfig) -> int:
+def load(config: WorkerConfig) -> Broker:
+    """Load the broker, then import the other modules for their actors.
+
+    Raises:
+        CliError: A module cannot be imported or the broker cannot be found.
+    """
+    broker = load_broker(config.app)
+    import_modules(config.include)
+    return broker
+
+
+def check(config: WorkerConfig) -> int:
+    """Load the application and connect to its broker; print a failure as one line.
+
+    Returns:
+        0 when the worker can start, 2 otherwise.
+    """
+    try:
+        run_async(_connect, load(config), config.app)
+    except CliError as exc:
+        print(f"Error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
+async def _connect(broker: Broker, spec: str) -> None:
+    async with connected(broker, spec):
+        pass
+
+
+def warn_unserved_queues(broker: Broker, config: WorkerConfig) -> None:
+    """Warn about each queue the worker will consume that no loaded actor is declared on."""
+    consumed = list(config.queues) or broker.queues or ["default"]
+    served = {actor.queue for actor in broker.actors.values()}
+    unserved = [queue for queue in consumed if queue not in served]
+    if not unserved:
+        return
+    modules = ", ".join((config.app.partition(":")[0], *config.include))
+    declared = ", ".join(sorted(served)) or "none"
+    logger.warning(
+        "no actor for queue(s) %s in %s (%d actor(s) declared; their queues: %s); "
+        "messages there will be dead-lettered as unknown actors",
+        ", ".join(unserved),
+        modules,
+        len(broker.actors),
+        declared,
+    )
+
+
+async def serve(broker: Broker, config: WorkerConfig, signals: StopSignals) -> int:
     """Run the worker until SIGTERM or the parent's death; return the exit status."""
     worker = Worker(
         broker,
@@ -68,10 +126,11 @@ async def serve(broker: Broker, config: WorkerConfig) -> int:
         shutdown_timeout=config.shutdown_timeout,
     )
     try:
-        await _run_until_stopped(worker)
+        await _run_until_stopped(worker, signals)
     except Exception as exc:
         return _report(exc)
     finally:
+        signals.detach()
         with anyio.CancelScope(shield=True):
             await broker.close()
     return 0
@@ -97,19 +156,21 @@ def _exit(status: int) -> NoReturn:
     os._exit(status)
 
 
-def _remember_sigterm(signum: int, frame: FrameType | None) -> None:
-    _sigterm_while_starting.set()
-
-
-async def _run_until_stopped(worker: Worker) -> None:
+async def _run_until_stopped(worker: Worker, signals: StopSignals) -> None:
     async with anyio.create_task_group() as tg:
-        await tg.start(_stop_on_sigterm, worker)
-        if _sigterm_while_starting.is_set():
-            logger.info("received SIGTERM while starting; stopping gracefully")
-            worker.stop()
+        # A SIGTERM received while starting is handed over now, and stops the worker at once.
+        signals.attach(lambda signum, arrival: _on_sigterm(worker, arrival))
         tg.start_soon(_stop_when_orphaned, worker, os.getppid())
         await worker.run()
         tg.cancel_scope.cancel()
+
+
+def _on_sigterm(worker: Worker, arrival: Arrival) -> None:
+    if arrival is Arrival.FIRST:
+        logger.info("received SIGTERM; stopping gracefully")
+    else:
+        logger.info("received SIGTERM again; already stopping")
+    worker.stop()
 
 
 def _report(exc: Exception) -> int:
@@ -122,19 +183,6 @@ def _report(exc: Exception) -> int:
         return 3
     logger.error("worker crashed", exc_info=cause)
     return 1
-
-
-async def _stop_on_sigterm(worker: Worker, *, task_status: TaskStatus[None]) -> None:
-    stopping = False
-    with anyio.open_signal_receiver(signal.SIGTERM) as signals:
-        task_status.started()
-        async for _ in signals:
-            if stopping:
-                logger.info("received SIGTERM again; already stopping")
-            else:
-                logger.info("received SIGTERM; stopping gracefully")
-            stopping = True
-            worker.stop()
 
 
 async def _stop_when_orphaned(worker: Worker, parent: int) -> None:

@@ -7,14 +7,13 @@ import inspect
 import os
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import ModuleType
 
 from taskflow.broker import Broker
+from taskflow.cli.errors import CliError
 
-
-class CliError(Exception):
-    """A user-facing failure: printed as one line, the command exits with status 2."""
+__all__ = ["CliError", "import_modules", "load_broker"]
 
 
 def load_broker(spec: str) -> Broker:
@@ -39,6 +38,18 @@ def load_broker(spec: str) -> Broker:
             "not a taskflow.Broker or a zero-argument callable returning one"
         )
     return broker
+
+
+def import_modules(names: Iterable[str]) -> None:
+    """Import each module of ``names`` (for the actors it declares).
+
+    Raises:
+        CliError: A module cannot be imported, or raised while being imported.
+    """
+    for name in names:
+        if not name or ":" in name:
+            raise CliError(f"expected a MODULE to import, got {name!r}")
+        _import(name)
 
 
 def _import(module_name: str) -> ModuleType:

@@ -29,7 +29,7 @@ import shutil
 import tempfile
 from typing import TYPE_CHECKING, Any
 
-from taskflow.cli.loading import CliError
+from taskflow.cli.errors import CliError
 
 if TYPE_CHECKING:
     from taskflow.broker import Broker

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import anyio
 
-from taskflow.cli.loading import CliError
+from taskflow.cli.errors import CliError
 
 logger = logging.getLogger("taskflow.cli.reload")
 

@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import enum
-import importlib.util
-import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
-from typing import TYPE_CHECKING, Annotated, TypeVar, TypeVarTuple
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated
 
-import anyio
 import typer
 
-from taskflow.cli.loading import CliError
-from taskflow.errors import BrokerError, TaskflowError
+from taskflow.cli.aio import connected, run_async
+from taskflow.cli.errors import CliError
+from taskflow.cli.logs import LOG_FORMAT, configure_logging
 
-if TYPE_CHECKING:
-    from taskflow.broker import Broker
-
-T = TypeVar("T")
-Ts = TypeVarTuple("Ts")
+__all__ = [
+    "LOG_FORMAT",
+    "AppSpec",
+    "LogLevel",
+    "configure_logging",
+    "connected",
+    "reporting_errors",
+    "run_async",
+]
 
 AppSpec = Annotated[
     str,
@@ -29,8 +31,6 @@ AppSpec = Annotated[
     ),
 ]
 """The ``MODULE:BROKER`` argument every command takes."""
-
-logger = logging.getLogger("taskflow.cli")
 
 
 class LogLevel(enum.StrEnum):
@@ -48,45 +48,6 @@ class LogFormat(enum.StrEnum):
 
     text = "text"
     json = "json"
-
-
-def configure_logging(level: str, log_format: str = "text") -> None:
-    """Send log records to stderr: text lines with the pid, level and logger, or JSON objects."""
-    from taskflow.logs import configure
-
-    configure(level, log_format)
-
-
-def run_async(fn: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T:
-    """Run ``fn(*args)`` in a new event loop, on uvloop when it is installed."""
-    use_uvloop = importlib.util.find_spec("uvloop") is not None
-    return anyio.run(fn, *args, backend_options={"use_uvloop": use_uvloop})
-
-
-@asynccontextmanager
-async def connected(broker: Broker, spec: str) -> AsyncIterator[Broker]:
-    """Connect ``broker`` for the duration of the block.
-
-    Raises:
-        CliError: The broker's server could not be reached, or failed in the block.
-    """
-    try:
-        await broker.connect()
-    except (TaskflowError, OSError) as exc:
-        raise CliError(f"cannot connect to the broker {spec!r}: {exc}") from None
-    try:
-        yield broker
-    except (BrokerError, OSError) as exc:
-        raise CliError(f"the broker {spec!r} failed: {exc}") from None
-    finally:
-        await _close_quietly(broker)
-
-
-async def _close_quietly(broker: Broker) -> None:
-    try:
-        await broker.close()
-    except (TaskflowError, OSError) as exc:
-        logger.debug("closing the broker failed: %s", exc)
 
 
 @contextmanager

@@ -3,8 +3,18 @@
 Each of the N slots runs one child at a time and starts a new one when it
 dies, after a :class:`~taskflow.cli.backoff.Backoff` delay so a crash loop
 does not spin. The first SIGTERM or SIGINT is forwarded to every child as
-SIGTERM (a graceful stop); a second one kills them with SIGKILL at once. The
-parent exits 0 when every child stopped cleanly, 1 otherwise.
+SIGTERM (a graceful stop); a second one, a second or more later, kills them
+with SIGKILL at once (a repeat within :data:`~taskflow.cli._signals.ECHO_WINDOW`
+is the same signal sent twice, see :mod:`taskflow.cli._signals`). The parent
+exits 0 when every child stopped cleanly, 1 otherwise.
+
+The supervisor is kept small: ``taskflow worker`` parses its options, then
+replaces itself (same pid) with :mod:`taskflow.cli._supervisor_main`, which
+runs this module without importing typer, the application or the rest of
+taskflow. The application is imported only in child processes: first a
+short-lived check (``taskflow.cli.child --check``) that fails the start with
+one line and status 2 when the broker cannot be loaded or reached, then the
+workers.
 """
 
 from __future__ import annotations
@@ -15,13 +25,16 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import anyio
-from anyio.abc import Process, TaskGroup, TaskStatus
+from anyio.abc import Process, TaskGroup
 
+from taskflow.cli._signals import ECHO_WINDOW, Arrival, StopSignals
 from taskflow.cli.backoff import Backoff
-from taskflow.cli.config import WorkerConfig
+from taskflow.cli.config import SupervisorConfig, WorkerConfig
+from taskflow.cli.errors import CliError
+from taskflow.cli.logs import configure_logging
 from taskflow.cli.reload import watch_python_files
 
 if TYPE_CHECKING:
@@ -62,9 +75,15 @@ class Supervisor:
         self._clean = True
         self._wakeup: anyio.Event | None = None
         self._tg: TaskGroup | None = None
+        self._signals: StopSignals | None = None
 
-    def run(self) -> int:
-        """Supervise until stopped by a signal; return the exit status."""
+    def run(self, signals: StopSignals | None = None) -> int:
+        """Supervise until stopped by a signal; return the exit status.
+
+        Args:
+            signals: Stop signals received so far (default: start receiving now).
+        """
+        self._signals = signals or StopSignals((signal.SIGTERM, signal.SIGINT))
         return anyio.run(self._run)
 
     def _is_stopping(self) -> bool:
@@ -73,8 +92,9 @@ class Supervisor:
     async def _run(self) -> int:
         self._stop_requested = anyio.Event()
         self._wakeup = anyio.Event()
+        assert self._signals is not None
         async with anyio.create_task_group() as self._tg:
-            await self._tg.start(self._handle_signals)
+            self._signals.attach(self._on_signal)
             if self.watch is not None:
                 self._tg.start_soon(
                     watch_python_files, self.watch, self.reload, self._stop_requested
@@ -83,22 +103,26 @@ class Supervisor:
                 for index in range(1, self.processes + 1):
                     slots.start_soon(self._keep_running, index)
             self._tg.cancel_scope.cancel()
+        self._signals.detach()
         logger.info("all children stopped")
         return 0 if self._clean and not self._forced else 1
 
     # -- signals and reloads -------------------------------------------------
 
-    async def _handle_signals(self, *, task_status: TaskStatus[None]) -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            task_status.started()
-            async for signum in signals:
-                name = signal.Signals(signum).name
-                if self._is_stopping():
-                    logger.warning("received %s again; killing the children", name)
-                    self._kill_all()
-                else:
-                    logger.info("received %s; stopping (send it again to kill at once)", name)
-                    self.stop()
+    def _on_signal(self, signum: signal.Signals, arrival: Arrival) -> None:
+        name = signum.name
+        if not self._is_stopping():
+            logger.info("received %s; stopping (send it again to kill at once)", name)
+            self.stop()
+        elif arrival is Arrival.ECHO:
+            logger.info(
+                "received %s again within %.0f s: the same signal, still stopping gracefully",
+                name,
+                ECHO_WINDOW,
+            )
+        else:
+            logger.warning("received %s again; killing the children", name)
+            self._kill_all()
 
     def stop(self) -> None:
         """Stop every child gracefully, killing those still running after the deadline."""
@@ -196,3 +220,52 @@ def describe_status(status: int) -> str:
         with contextlib.suppress(ValueError):
             return f"was killed by {signal.Signals(-status).name}"
     return f"exited with status {status}"
+
+
+def check_app(config: WorkerConfig) -> int:
+    """Load the application and reach its broker in a short-lived child; return its status.
+
+    The child prints what went wrong as one line on stderr and exits 2.
+    """
+    command = [sys.executable, "-m", "taskflow.cli.child", "--check", config.to_json()]
+    return subprocess.run(command, stdin=subprocess.DEVNULL, check=False).returncode
+
+
+def main(argv: list[str]) -> int:
+    """Check the application, then supervise; ``argv[0]`` is a :class:`SupervisorConfig` as JSON.
+
+    Returns:
+        The exit status: that of the check when it failed, else :meth:`Supervisor.run`'s.
+    """
+    config = SupervisorConfig.from_json(argv[0])
+    # Signals that come during the check are kept and honoured once the children run.
+    signals = StopSignals((signal.SIGTERM, signal.SIGINT))
+    status = check_app(config.worker)
+    if status != 0:
+        return status if status > 0 else 1  # < 0: the check was killed by a signal
+    configure_logging(config.worker.log_level, config.worker.log_format)
+    watch = Path(config.watch) if config.watch is not None else None
+    metrics = _serve_metrics(config)
+    if metrics is False:
+        return 2
+    supervisor = Supervisor(config.worker, processes=config.processes, watch=watch, metrics=metrics)
+    try:
+        return supervisor.run(signals)
+    finally:
+        if metrics is not None:
+            metrics.close()
+
+
+def _serve_metrics(config: SupervisorConfig) -> MetricsServer | None | Literal[False]:
+    """Start the metrics endpoint when asked; ``False`` (said in one line) when it cannot."""
+    if config.metrics_port is None:
+        return None
+    from taskflow.cli.metrics import MetricsServer
+
+    metrics = MetricsServer(config.metrics_host, config.metrics_port)
+    try:
+        metrics.start()
+    except CliError as exc:
+        print(f"Error: {exc}", file=sys.stderr, flush=True)
+        return False
+    return metrics

@@ -2,30 +2,40 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
-from taskflow.broker import Broker
-from taskflow.cli.config import WorkerConfig
-from taskflow.cli.loading import load_broker
-from taskflow.cli.metrics import MetricsServer, require_prometheus
+from taskflow.cli.config import SupervisorConfig, WorkerConfig
+from taskflow.cli.errors import CliError
+from taskflow.cli.metrics import require_prometheus
 from taskflow.cli.reload import require_watchfiles
-from taskflow.cli.runtime import (
-    AppSpec,
-    LogFormat,
-    LogLevel,
-    configure_logging,
-    connected,
-    reporting_errors,
-    run_async,
-)
-from taskflow.cli.supervisor import Supervisor
+from taskflow.cli.runtime import LogFormat, LogLevel, reporting_errors
+
+SUPERVISOR_MAIN = Path(__file__).with_name("_supervisor_main.py")
+
+AppModules = Annotated[
+    list[str],
+    typer.Argument(
+        metavar="MODULE[:BROKER]...",
+        help=(
+            "Where the broker is, e.g. 'app.tasks:broker' (a Broker or a callable returning "
+            "one), and more modules to import for their actors: 'app.tasks app.more:broker'. "
+            "The broker is the one given with ':BROKER', else the first module's 'broker'."
+        ),
+    ),
+]
 
 
 def worker(
-    app: AppSpec,
+    app: AppModules,
+    include: Annotated[
+        list[str] | None,
+        typer.Option("--include", "-I", help="A module to import for its actors; repeat for more."),
+    ] = None,
     queues: Annotated[
         str | None,
         typer.Option(
@@ -75,12 +85,19 @@ def worker(
 ) -> None:
     """Run workers: a parent process supervising --processes worker processes.
 
-    SIGTERM or SIGINT stops them gracefully; a second one kills them at once.
-    Exit status: 0 when every worker stopped cleanly, 1 otherwise, 2 when the
-    broker cannot be loaded or reached.
+    SIGTERM or SIGINT stops them gracefully; a second one (a second or more
+    later) kills them at once. Exit status: 0 when every worker stopped
+    cleanly, 1 otherwise, 2 when the broker cannot be loaded or reached.
     """
+    with reporting_errors():
+        spec, modules = split_modules(app, include or [])
+        if watch is not None:
+            require_watchfiles()
+        if metrics_port is not None:
+            require_prometheus()
     config = WorkerConfig(
-        app=app,
+        app=spec,
+        include=tuple(modules),
         queues=tuple(q.strip() for q in (queues or "").split(",") if q.strip()),
         concurrency=concurrency,
         threads=threads,
@@ -91,27 +108,41 @@ def worker(
         metrics=metrics_port is not None,
         metrics_interval=metrics_interval,
     )
-    metrics = None
-    with reporting_errors():
-        if watch is not None:
-            require_watchfiles()
-        if metrics_port is not None:
-            require_prometheus()
-        run_async(_probe, load_broker(app), app)
-        configure_logging(config.log_level, config.log_format)
-        if metrics_port is not None:
-            metrics = MetricsServer(metrics_host, metrics_port)
-            metrics.start()
-    supervisor = Supervisor(config, processes=processes, watch=watch, metrics=metrics)
-    try:
-        status = supervisor.run()
-    finally:
-        if metrics is not None:
-            metrics.close()
-    raise typer.Exit(status)
+    supervise(
+        SupervisorConfig(
+            worker=config,
+            processes=processes,
+            watch=_str(watch),
+            metrics_port=metrics_port,
+            metrics_host=metrics_host,
+        )
+    )
 
 
-async def _probe(broker: Broker, spec: str) -> None:
-    """Fail fast, before starting any child, when the broker's server cannot be reached."""
-    async with connected(broker, spec):
-        pass
+def split_modules(app: list[str], include: list[str]) -> tuple[str, list[str]]:
+    """Return the broker's spec and the other modules to import, from the command line.
+
+    Raises:
+        CliError: More than one module names a broker.
+    """
+    named = [spec for spec in app if ":" in spec]
+    if len(named) > 1:
+        raise CliError(f"name the broker once, not in {' and '.join(map(repr, named))}")
+    spec = named[0] if named else app[0]
+    modules = [m for m in (*app, *include) if m != spec]
+    return spec, list(dict.fromkeys(modules))
+
+
+def supervise(config: SupervisorConfig) -> NoReturn:
+    """Become the supervisor: replace this process (same pid) with a small one.
+
+    Nothing of typer and nothing of the application stays in memory for the
+    life of the supervisor; see :mod:`taskflow.cli.supervisor`.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, str(SUPERVISOR_MAIN), config.to_json()])
+
+
+def _str(path: Path | None) -> str | None:
+    return None if path is None else str(path)

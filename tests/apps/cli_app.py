@@ -7,6 +7,9 @@ message for ``hold``, which writes ``busy-<pid>`` and then awaits for an hour;
 with ``TASKFLOW_CLI_BUSY=sync``, one for ``stuck``, which writes ``busy-<pid>``
 and then blocks its thread for an hour.
 
+Importing the module writes ``imported-<pid>``, so tests can tell which
+processes loaded the application.
+
 ``sqlite_broker`` builds a SQLiteBroker on the file ``TASKFLOW_CLI_SQLITE``
 names, for tests where messages cross processes.
 """
@@ -33,6 +36,9 @@ def mark(name: str) -> None:
     directory = os.environ.get(MARKERS_ENV)
     if directory:
         (Path(directory) / f"{name}-{os.getpid()}").write_text(f"{os.getpid()} {name}\n")
+
+
+mark("imported")
 
 
 class Markers(Middleware):
@@ -84,6 +90,10 @@ def sqlite_broker() -> Broker:
 
 def make_broker() -> Broker:
     return broker
+
+
+def no_actors() -> Broker:
+    return MemoryBroker(middleware=[*default_middleware(), Markers()])
 
 
 def needs_arguments(url: str) -> Broker:

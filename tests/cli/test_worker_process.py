@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Callable
 
 import pytest
 
+from taskflow.cli._signals import ECHO_WINDOW
 from tests.cli.procs import APP, WorkerCli, alive, busy_env, parent_of, wait_until
 
 pytestmark = pytest.mark.slow
@@ -88,15 +90,58 @@ def test_a_second_signal_kills_the_children_at_once(worker_cli: StartWorker) -> 
     children = cli.wait_for_pids(2, "busy")
     # When a first SIGTERM has started a graceful stop that is waiting on that work
     cli.signal(signal.SIGTERM)
+    first = time.monotonic()
     for pid in children:
         cli.wait_for_log(f"[{pid}] INFO taskflow.cli.child: received SIGTERM; stopping gracefully")
     assert cli.process.poll() is None
-    # Expect a second signal to end everything at once
+    # Expect a second signal, past the echo window of the first, to end everything at once
+    time.sleep(max(first + ECHO_WINDOW + 0.1 - time.monotonic(), 0.0))
     cli.signal(signal.SIGINT)
     assert cli.wait(timeout=5) == 1
     assert "received SIGINT again; killing the children" in cli.output()
     assert not any(alive(pid) for pid in children)
     assert cli.pids("stopped") == set()  # killed, not stopped
+
+
+def test_a_signal_sent_to_the_pid_then_its_group_is_one_graceful_stop(
+    worker_cli: StartWorker,
+) -> None:
+    # Given children busy with work that outlasts the shutdown timeout
+    cli = worker_cli(APP, "--processes", "2", "--shutdown-timeout", "1", env=busy_env())
+    children = cli.wait_for_pids(2, "busy")
+    # When SIGTERM comes as GNU timeout, Kubernetes and systemd send it: to the
+    # pid, then (once the first copy was handled) to the whole process group
+    cli.signal(signal.SIGTERM)
+    cli.wait_for_log("received SIGTERM; stopping (send it again to kill at once)")
+    os.killpg(cli.pid, signal.SIGTERM)
+    # Expect one graceful stop: nothing killed, every child stopped and exited 0
+    assert cli.wait(timeout=10) == 0
+    assert "the same signal, still stopping gracefully" in cli.output()
+    assert "killing the children" not in cli.output()
+    assert cli.pids("stopped") == children
+    for pid in children:
+        assert f"(pid {pid}) exited with status 0" in cli.output()
+
+
+def test_a_child_winding_down_is_not_killed_by_another_sigterm(
+    worker_cli: StartWorker,
+) -> None:
+    # Given a child whose stop waits for a stuck sync actor's thread at exit
+    cli = worker_cli(APP, "--shutdown-timeout", "0.3", env=busy_env("sync"))
+    (child,) = cli.wait_for_pids(1, "busy")
+    cli.signal(signal.SIGTERM)
+    # the worker stopped; the process is on its way out
+    wait_until(lambda: _worker_stopped(cli, child), 10, "the worker to stop")
+    # When another SIGTERM reaches the child then
+    os.kill(child, signal.SIGTERM)
+    # Expect it to finish its exit, with status 0
+    assert cli.wait(timeout=10) == 0
+    assert f"child 1 (pid {child}) exited with status 0" in cli.output()
+
+
+def _worker_stopped(cli: WorkerCli, pid: int) -> bool:
+    prefix = f"[{pid}] INFO taskflow.worker: worker "
+    return any(prefix in line and line.endswith(" stopped") for line in cli.output().splitlines())
 
 
 def test_ctrl_c_to_the_process_group_is_one_graceful_stop(worker_cli: StartWorker) -> None:

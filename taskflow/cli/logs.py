@@ -1,0 +1,25 @@
+"""Log lines of every ``taskflow`` process, set up without typer or the application.
+
+The supervisor of ``taskflow worker`` imports this module and not
+:mod:`taskflow.cli.runtime`, so that it stays a small process.
+"""
+
+from __future__ import annotations
+
+import logging
+
+LOG_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(level: str, log_format: str = "text") -> None:
+    """Send log records to stderr: text lines with the pid, level and logger, or JSON objects.
+
+    The text format needs nothing but :mod:`logging`; the JSON one is
+    :class:`taskflow.logs.JsonFormatter`, imported only then.
+    """
+    if log_format == "text":
+        logging.basicConfig(level=level.upper(), format=LOG_FORMAT, force=True)
+        return
+    from taskflow.logs import configure
+
+    configure(level, log_format)
