@@ -1,6 +1,7 @@
 """SQLiteBroker throughput: enqueue rates and no-op processing with one Worker in one process.
 
 Run: python benchmarks/sqlite_bench.py [--messages 20000] [--sends 2000] [--synchronous FULL]
+[--delayed 200000]
 
 Each scenario uses a fresh database file in a temporary directory:
 
@@ -8,6 +9,9 @@ Each scenario uses a fresh database file in a temporary directory:
 * ``send_many``: ``actor.send_many()`` in batches of 1,000 (one transaction each);
 * ``process``: ``--messages`` no-op messages already enqueued, drained by one
   ``Worker`` (concurrency 100) in this process, timed until ``broker.join``;
+* claims: ``--delayed`` messages delayed by an hour, then 200 rounds of
+  10 ready messages each claimed by one ``_claim`` of up to 100 (the shape in
+  which a claim once read every delayed message), timed per claim;
 * idle: a consumer with nothing to do for ``--idle`` seconds (its process CPU
   time), then 20 messages sent one at a time from a second broker on the same
   file (so no in-process wake-up helps), each timed from its commit to its
@@ -93,6 +97,30 @@ async def process(messages: int, synchronous: Sync, concurrency: int) -> tuple[f
         return rate
 
 
+async def claims(delayed: int, rounds: int = 200) -> float:
+    """Milliseconds per claim of 10 ready messages (limit 100) beside ``delayed`` delayed ones."""
+    with tempfile.TemporaryDirectory() as directory:
+        broker, noop = make_broker(directory, "NORMAL")
+        async with broker:
+            for start in range(0, delayed, 1000):
+                await noop.send_many(
+                    [
+                        noop.message_with_options(args=(i,), delay=3600)
+                        for i in range(start, min(start + 1000, delayed))
+                    ]
+                )
+            spent = 0.0
+            for _ in range(rounds):
+                await noop.send_many([(i,) for i in range(10)])
+                started = time.perf_counter()
+                got = await broker._claim("bench", 100)
+                spent += time.perf_counter() - started
+                assert len(got) == 10, len(got)
+                for receipt in got:
+                    await receipt.ack()
+            return spent / rounds * 1000
+
+
 async def idle(seconds: float) -> tuple[float, list[float]]:
     """Return the idle consumer's CPU share and the pickup latencies of 20 messages."""
     with tempfile.TemporaryDirectory() as directory:
@@ -136,6 +164,7 @@ def main() -> None:
     parser.add_argument("--synchronous", choices=["FULL", "NORMAL"], action="append")
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of idling")
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop")
+    parser.add_argument("--delayed", type=int, default=200_000, help="delayed beside claims")
     args = parser.parse_args()
     backend_options = {"use_uvloop": True} if args.uvloop else {}
     print(f"{'scenario':<12} {'synchronous':<12} {'messages':>9} {'msg/s':>10} {'CPU µs/msg':>11}")
@@ -154,6 +183,9 @@ def main() -> None:
             print(
                 f"{name:<12} {synchronous:<12} {count:>9} {rate:>10,.0f} {cpu:>11,.0f}", flush=True
             )
+    for delayed in (0, args.delayed):
+        per_claim = anyio.run(claims, delayed, backend_options=backend_options)
+        print(f"claim of 10 ready beside {delayed:,} delayed: {per_claim:.3f} ms", flush=True)
     share, latencies = anyio.run(idle, args.idle, backend_options=backend_options)
     print(f"\nidle consumer: {share:.2%} of a core over {args.idle:.0f} s")
     print(

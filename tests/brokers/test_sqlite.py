@@ -180,6 +180,78 @@ async def test_claim_is_one_statement_for_the_batch(broker: SQLiteBroker, path: 
     assert rows == [(broker.owner, 1)] * 10
 
 
+# -- claims cost the same however many messages are delayed -------------------------
+
+
+def claim_steps(path: Path, limit: int) -> tuple[list[tuple[int, int, int]], int]:
+    """Run the claim's candidate query on ``path``; return its rows and SQLite VM steps."""
+    from taskflow.brokers.sqlite import _sql as sql
+
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        steps = 0
+
+        def count() -> int:
+            nonlocal steps
+            steps += 1
+            return 0
+
+        conn.set_progress_handler(count, 1)
+        rows = sql.candidates(conn, QUEUE, limit)
+        return rows, steps
+
+
+def test_claim_query_plans_are_index_searches_bounded_by_ready_at(path: Path) -> None:
+    from taskflow.brokers.sqlite import _sql as sql
+
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        sql.create_schema(conn)
+        params = {"queue": QUEUE, "priority": 0, "limit": 100}
+        plans = {
+            name: [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {statement}", params)]
+            for name, statement in [
+                ("top", sql.TOP_PRIORITY),
+                ("next", sql.NEXT_PRIORITY),
+                ("candidates", sql.CANDIDATES),
+            ]
+        }
+    index = "SEARCH taskflow_messages USING INDEX taskflow_messages_next"
+    assert plans == {
+        "top": [f"{index} (queue=?)"],
+        "next": [f"{index} (queue=? AND priority<?)"],
+        # The range on ready_at ends the walk at the first delayed message; no sort.
+        "candidates": [f"{index} (queue=? AND priority=? AND ready_at<?)"],
+    }
+
+
+async def test_claims_cost_the_same_with_50000_delayed_messages(
+    broker: SQLiteBroker, path: Path
+) -> None:
+    # Given 10 ready messages at each of three priorities
+    echo = echo_actor(broker)
+    ready = [
+        await echo.send_many([echo.message_with_options(args=(i,), priority=p) for i in range(10)])
+        for p in (0, 5, 9)
+    ]
+    alone, steps_alone = claim_steps(path, 100)
+    # When 50,000 messages are delayed behind them, at the same priorities
+    for p in (0, 5, 9):
+        await echo.send_many(
+            [
+                echo.message_with_options(args=(i,), priority=p, delay=3600)
+                for i in range(50_000 // 3)
+            ]
+        )
+    assert (await broker.stats(QUEUE))[:2] == (30, 3 * (50_000 // 3))
+    crowded, steps_crowded = claim_steps(path, 100)
+    # Then a claim finds the same 30 in the same order (best priority first, then FIFO)
+    assert crowded == alone and len(alone) == 30
+    ids = [r[0] for r in db_rows(path, "SELECT seq FROM taskflow_messages ORDER BY seq")]
+    assert [seq for seq, _, _ in crowded] == ids[20:30] + ids[10:20] + ids[:10]
+    assert {len(batch) for batch in ready} == {10}
+    # And at the same cost: SQLite's own count of steps, not a timing
+    assert steps_crowded <= steps_alone * 1.2 + 50, (steps_alone, steps_crowded)
+
+
 # -- leases -----------------------------------------------------------------------
 
 

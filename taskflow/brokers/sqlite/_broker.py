@@ -340,7 +340,7 @@ class SQLiteBroker(Broker):
         params = {"owner": self.owner, "lease": self.visibility_timeout}
 
         def claim(conn: sqlite3.Connection) -> tuple[list[int], list[Any], bool]:
-            candidates = conn.execute(sql.CANDIDATES, {"queue": queue, "limit": limit}).fetchall()
+            candidates = sql.candidates(conn, queue, limit)
             seqs = pick(candidates, limit, self.max_deliveries)
             if not seqs:
                 return seqs, [], False
