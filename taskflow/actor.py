@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 import msgspec
 
+from taskflow import _sync
 from taskflow.broker import seconds
 from taskflow.errors import InvalidArguments
 from taskflow.message import Message, utcnow
@@ -224,3 +225,61 @@ class Actor(Generic[P, R]):
         ]
         await self.broker.enqueue(messages)
         return messages
+
+    # -- sending from code without an event loop ---------------------------
+
+    def send_sync(self, *args: P.args, **kwargs: P.kwargs) -> Message[R]:
+        """:meth:`send` for code without an event loop: blocks until the broker holds it.
+
+        Safe from any number of threads at once. The I/O runs on the loop the
+        broker is connected on, else on the broker's background event-loop
+        thread (one per process, started on first use).
+
+        Raises:
+            RuntimeError: Called from a thread whose event loop is running:
+                ``await actor.send(...)`` there instead.
+        """
+        return _sync.run(
+            self.broker,
+            lambda: self.send(*args, **kwargs),
+            sync_form=f"{self.name}.send_sync()",
+            await_form=f"await {self.name}.send(...)",
+        )
+
+    def send_with_options_sync(
+        self,
+        *,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        delay: float | dt.timedelta | None = None,
+        eta: dt.datetime | None = None,
+        priority: int | None = None,
+        **options: Any,
+    ) -> Message[R]:
+        """:meth:`send_with_options` for code without an event loop (see :meth:`send_sync`).
+
+        Raises:
+            RuntimeError: Called from a thread whose event loop is running.
+        """
+        return _sync.run(
+            self.broker,
+            lambda: self.send_with_options(
+                args=args, kwargs=kwargs, delay=delay, eta=eta, priority=priority, **options
+            ),
+            sync_form=f"{self.name}.send_with_options_sync()",
+            await_form=f"await {self.name}.send_with_options(...)",
+        )
+
+    def send_many_sync(self, calls: Iterable[tuple[Any, ...] | Message[R]]) -> list[Message[R]]:
+        """:meth:`send_many` for code without an event loop (see :meth:`send_sync`).
+
+        Raises:
+            RuntimeError: Called from a thread whose event loop is running.
+        """
+        calls = list(calls)
+        return _sync.run(
+            self.broker,
+            lambda: self.send_many(calls),
+            sync_form=f"{self.name}.send_many_sync()",
+            await_form=f"await {self.name}.send_many(...)",
+        )

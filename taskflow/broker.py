@@ -22,9 +22,11 @@ The contract, kept by every broker and checked by ``tests/brokers/``:
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import logging
+import os
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
 from contextlib import aclosing
@@ -254,6 +256,8 @@ class Broker(ABC):
         self.middleware: tuple[Middleware, ...] = tuple(stack)
         self._connected = False
         self._connect_lock: anyio.Lock | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # where the connections live
+        self._loop_pid = 0
 
     # -- actors -------------------------------------------------------------
 
@@ -332,6 +336,7 @@ class Broker(ABC):
                 if self.results is not None:
                     await self.results.connect(self)
                 self._connected = True
+                self._loop, self._loop_pid = asyncio.get_running_loop(), os.getpid()
 
     async def close(self) -> None:
         """Close connections; the broker may be connected again later."""
@@ -344,6 +349,42 @@ class Broker(ABC):
     async def aclose(self) -> None:
         """Same as :meth:`close`."""
         await self.close()
+
+    def close_sync(self) -> None:
+        """Close connections from code without an event loop (see :meth:`Actor.send_sync`).
+
+        Optional: a broker used by the ``*_sync`` methods is also closed at
+        interpreter exit. It stops the broker's background event-loop thread;
+        the next ``*_sync`` call starts another.
+
+        Raises:
+            RuntimeError: Called from a thread whose event loop is running:
+                ``await broker.close()`` there instead.
+        """
+        from taskflow import _sync
+
+        _sync.refuse_in_running_loop("broker.close_sync()", "await broker.close()")
+        _sync.portal(self).close()
+
+    def _connected_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop the connections belong to, when connected in this process."""
+        if self._connected and self._loop_pid == os.getpid():
+            return self._loop
+        return None
+
+    def _forget_connections(self) -> None:
+        """Drop connections made on a loop that stopped, or by the parent of a forked process.
+
+        They are unusable here and are dropped without closing (closing could
+        disturb the process that owns them); the next use connects afresh.
+        Transports whose ``_connect`` does not replace every connection
+        extend this.
+        """
+        self._connected = False
+        self._connect_lock = None
+        self._loop = None
+        if self.results is not None:
+            self.results._forget_connections()
 
     async def __aenter__(self) -> Self:
         await self.connect()

@@ -77,6 +77,29 @@ class Message(msgspec.Struct, Generic[R], frozen=True, kw_only=True, dict=True):
         value: R = await broker.get_result(self, timeout=timeout)
         return value
 
+    def result_sync(self, *, timeout: float | dt.timedelta | None = 10.0) -> R:
+        """:meth:`result` for code without an event loop: blocks this thread until it comes.
+
+        Raises:
+            ResultFailed: The actor failed for good.
+            ResultTimeout: No result within ``timeout`` seconds.
+            ResultsNotConfigured: The broker was built without ``results=``.
+            RuntimeError: Called from a thread whose event loop is running:
+                ``await message.result(...)`` there instead.
+        """
+        from taskflow import _sync
+
+        broker: Broker | None = self.__dict__.get("_broker")
+        _sync.refuse_in_running_loop("message.result_sync()", "await message.result(...)")
+        if broker is None:
+            raise ResultsNotConfigured("this message is not bound to a broker")
+        return _sync.run(
+            broker,
+            lambda: self.result(timeout=timeout),
+            sync_form="message.result_sync()",
+            await_form="await message.result(...)",
+        )
+
 
 class Codec:
     """Encodes and decodes messages; one instance per broker, built once."""

@@ -84,6 +84,9 @@ class ResultBackend(ABC):
     async def close(self) -> None:  # noqa: B027 - most backends have nothing to close
         """Close connections; called when the broker closes."""
 
+    def _forget_connections(self) -> None:  # noqa: B027 - most backends hold none
+        """Drop connections without closing them (see ``Broker._forget_connections``)."""
+
     async def store(self, message_id: str, record: ResultRecord, ttl: float) -> None:
         """Keep ``record`` under ``message_id`` for ``ttl`` seconds (idempotent)."""
         await self._put(message_id, _record_encoder.encode(record), ttl)

@@ -339,6 +339,14 @@ class RabbitMQBroker(Broker):
             mask_url(self.url),
         )
 
+    def _forget_connections(self) -> None:
+        super()._forget_connections()
+        self._connection = self._publisher = self._unconfirmed = self._admin = None
+        self._raw = {}
+        self._ensure_lock = asyncio.Lock()
+        self._held = {}
+        self._consumers = {}
+
     def _on_connection_lost(self, _sender: Any, exc: BaseException | None = None) -> None:
         if self._connection is None or self._connection.close_called or self._outage:
             return

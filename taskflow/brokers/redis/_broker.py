@@ -282,6 +282,13 @@ class RedisBroker(Broker):
     def _outage(self, what: str) -> Outage:
         return Outage(logger, what, self._where, server="Redis")
 
+    def _forget_connections(self) -> None:
+        super()._forget_connections()
+        self._client = self._blocking = None
+        self._keeper = None
+        self._queues = {}
+        self._tables = {}
+
     def _queue(self, name: str) -> _Queue:
         q = self._queues.get(name)
         if q is None:

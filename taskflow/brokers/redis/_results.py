@@ -130,6 +130,10 @@ class RedisResults(ResultBackend):
             client, self._client = self._client, None
             await client.aclose()
 
+    def _forget_connections(self) -> None:
+        if self._owns_client:
+            self._client = None
+
     def _key(self, key: str) -> str:
         return f"{self.namespace}:result:{{{key}}}"
 

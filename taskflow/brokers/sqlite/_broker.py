@@ -279,6 +279,12 @@ class SQLiteBroker(Broker):
         if self._conn is not None:
             await self._conn.close()
 
+    def _forget_connections(self) -> None:
+        super()._forget_connections()
+        self._db = Database(self.path, self.busy_timeout, self.synchronous)
+        self._tickers = []
+        self._watcher = None
+
     def _heartbeat(self, db: Database) -> Callable[[], None]:
         params = {"owner": self.owner, "lease": self.visibility_timeout}
 

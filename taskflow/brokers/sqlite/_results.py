@@ -148,6 +148,12 @@ class SQLiteResults(ResultBackend):
         if conn is not None:
             await conn.close()
 
+    def _forget_connections(self) -> None:
+        self._db = Database(str(self.path), self.busy_timeout, self.synchronous)
+        self._conn = None
+        self._open_lock = None
+        self._local = {}
+
     # -- hooks ----------------------------------------------------------------
 
     async def _put(self, key: str, data: bytes, ttl: float) -> None:

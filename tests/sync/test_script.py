@@ -1,0 +1,48 @@
+"""A plain script, a real ``taskflow worker``, and forks, on SQLite and Redis."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.integrations.stack import REPO, Process
+from tests.sync.servers import Target
+
+WORKER = [
+    *("-m", "taskflow", "worker", "tests.apps.sync_app:broker"),
+    *("--concurrency", "20", "--shutdown-timeout", "5"),
+]
+
+
+def test_a_plain_script_sends_reads_results_forks_and_closes_at_exit(
+    target: Target, tmp_path: Path
+) -> None:
+    worker = Process(WORKER, tmp_path / "worker.log", target.env)
+    try:
+        script = subprocess.run(
+            [sys.executable, "-m", "tests.apps.sync_script"],
+            cwd=REPO,
+            env=target.env,
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+    finally:
+        status = worker.stop()
+    assert script.returncode == 0, script.stderr + worker.output()
+    lines = script.stdout.splitlines()
+    assert lines[:8] == [
+        "result 5",
+        "many 380",
+        "failed ValueError",
+        "delayed 2 after True",
+        "forked child exited 0",
+        "multiprocessing children exited [0, 0, 0]",
+        "parent after fork 42",
+        lines[7],
+    ]
+    # Closed once, by the parent, at exit: not by the forked children (theirs exit with _exit
+    # or multiprocessing's os._exit, after their own work).
+    assert lines[7:] == [f"closed at exit in {lines[7].split()[-1]}"]
+    assert status == 0
