@@ -143,10 +143,22 @@ class Portal:
             home = connected_loop(broker)
             if home is not None and (home is self.loop or home.is_running()):
                 return home
-            if broker._connected:
-                # Connected on a loop that stopped, or by the parent process: unusable here.
-                forget_connections(broker)
-            return self._start()
+            loop = self._start()
+            if broker._connected:  # on a loop that stopped: its connections are unusable
+                self._drop_stale(broker, loop)
+            return loop
+
+    def _drop_stale(self, broker: Broker, loop: asyncio.AbstractEventLoop) -> None:
+        """Close what can be closed of connections made on a stopped loop, then forget them."""
+
+        async def close() -> None:
+            try:
+                await asyncio.wait_for(broker.close(), CLOSE_TIMEOUT)
+            except Exception as exc:  # sockets of a closed loop cannot be closed from this one
+                logger.debug("closing connections of a stopped event loop: %r", exc)
+
+        asyncio.run_coroutine_threadsafe(close(), loop).result()
+        broker._forget_connections()
 
     def _start(self) -> asyncio.AbstractEventLoop:
         if self._thread is None:
