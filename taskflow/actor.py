@@ -124,6 +124,8 @@ class Actor(Generic[P, R]):
                 f"actor {self.name!r} got unknown option(s) {', '.join(map(repr, unknown))}; "
                 f"accepted: {', '.join(sorted(broker.actor_options | _CORE_OPTIONS))}"
             )
+        for m in broker.middleware:
+            m.validate(broker, self.name, options)
         self.options = options
         self.is_async = inspect.iscoroutinefunction(fn)
         self.params = _Params(fn)

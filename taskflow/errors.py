@@ -15,12 +15,15 @@
     ├── ResultTimeout              no result within the timeout
     ├── ResultsNotConfigured       result() on a broker without a result backend
     ├── TimeLimitExceeded          an actor ran past its time limit
+    ├── RateLimitExceeded          a rate limiter is full (the message is deferred, not failed)
     └── signals raised by actors to steer their message:
         ├── Retry                  retry later (optionally after ``delay`` seconds)
         └── Reject                 send the message straight to dead letters
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class TaskflowError(Exception):
@@ -71,6 +74,27 @@ class MiddlewareError(TaskflowError):
 
 class TimeLimitExceeded(TaskflowError):
     """An actor ran longer than its ``time_limit``."""
+
+
+class RateLimitExceeded(TaskflowError):
+    """A rate limiter had no room: it is full, or its window or bucket is used up.
+
+    Raised by ``limiter.acquire()``. Raised inside an actor (or met by the
+    actor's ``rate_limit`` / ``max_concurrency`` option), it defers the
+    message: it runs again after a short delay, without using up a retry.
+
+    Attributes:
+        key: The limiter's key.
+        retry_after: Seconds after which the limiter may have room, when it
+            knows (window and bucket limiters); ``None`` otherwise.
+        limiter: The limiter that raised it, if one did.
+    """
+
+    def __init__(self, key: str, retry_after: float | None = None) -> None:
+        super().__init__(f"rate limit {key!r} exceeded")
+        self.key = key
+        self.retry_after = retry_after
+        self.limiter: Any = None
 
 
 class ResultsNotConfigured(TaskflowError):

@@ -1,14 +1,16 @@
 """Middleware: async layers around the processing of each message.
 
-The default stack, outermost first: current message, age limit, callbacks,
-composition (pipelines and group completion), results (when the broker has
-a backend), retries, time limit. Each layer wraps the next; the actor runs
+The default stack, outermost first: current message, age limit, rate
+limits, callbacks, composition (pipelines and group completion), results
+(when the broker has a backend), retries, time limit. Each layer wraps the next; the actor runs
 inside the innermost.
 
 Results sit inside callbacks and composition so that a message's result is
 stored before its callback, next pipeline step or group completion is sent:
 whatever runs next can read it. Retries sit inside results so that only
-final outcomes are stored.
+final outcomes are stored. Rate limits sit outside all three: a message
+deferred because a limiter is full has no outcome yet, and its limiters are
+held for the whole run, follow-ups included.
 
 :class:`OpenTelemetry` (extra ``taskflow-aio[otel]``) and :class:`Prometheus`
 (extra ``taskflow-aio[prometheus]``) are not in the default stack; put them
@@ -26,6 +28,7 @@ from taskflow.middleware.base import CallNext, Context, Middleware, build_stack
 from taskflow.middleware.callbacks import Callbacks
 from taskflow.middleware.composition import Composition
 from taskflow.middleware.current_message import CurrentMessage, current_delivery, current_message
+from taskflow.middleware.rate_limits import RateLimits
 from taskflow.middleware.results import Results
 from taskflow.middleware.retries import Retries
 from taskflow.middleware.time_limit import TimeLimit
@@ -33,6 +36,7 @@ from taskflow.middleware.time_limit import TimeLimit
 if TYPE_CHECKING:
     from taskflow.middleware.opentelemetry import OpenTelemetry
     from taskflow.middleware.prometheus import Prometheus
+    from taskflow.rate_limits.backends import RateLimitBackend
 
 __all__ = [
     "AgeLimit",
@@ -44,6 +48,7 @@ __all__ = [
     "Middleware",
     "OpenTelemetry",
     "Prometheus",
+    "RateLimits",
     "Results",
     "Retries",
     "TimeLimit",
@@ -54,9 +59,23 @@ __all__ = [
 ]
 
 
-def default_middleware() -> list[Middleware]:
-    """Return a fresh default stack (without results; the broker adds those before retries)."""
-    return [CurrentMessage(), AgeLimit(), Callbacks(), Composition(), Retries(), TimeLimit()]
+def default_middleware(*, rate_limits: RateLimitBackend | None = None) -> list[Middleware]:
+    """Return a fresh default stack (without results; the broker adds those before retries).
+
+    Args:
+        rate_limits: Where ``max_concurrency`` is counted; default: the
+            broker's own server. A ``RabbitMQBroker`` needs one here to use
+            ``max_concurrency`` (a ``RedisBackend`` or ``SQLiteBackend``).
+    """
+    return [
+        CurrentMessage(),
+        AgeLimit(),
+        RateLimits(rate_limits),
+        Callbacks(),
+        Composition(),
+        Retries(),
+        TimeLimit(),
+    ]
 
 
 _OPTIONAL = {

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 if TYPE_CHECKING:
@@ -96,6 +96,14 @@ class Middleware:
     """
 
     actor_options: ClassVar[frozenset[str]] = frozenset()
+
+    def validate(self, broker: Broker, actor: str, options: Mapping[str, Any]) -> None:
+        """Check the values of this middleware's options when ``actor`` is declared.
+
+        Raises:
+            TypeError: An option value of the wrong kind.
+            ValueError: An option value out of range.
+        """
 
     async def on_startup(self, worker: Worker) -> None:
         """Run when a worker starts, before it fetches messages."""

@@ -6,7 +6,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from taskflow.broker import seconds
-from taskflow.errors import BrokerUnavailable
+from taskflow.errors import BrokerUnavailable, RateLimitExceeded
 from taskflow.middleware.base import CallNext, Context, Middleware
 from taskflow.middleware.callbacks import follow_up_failed
 from taskflow.results import ResultRecord, failure_record
@@ -49,7 +49,7 @@ class Results(Middleware):
         try:
             value = await call_next(ctx)
         except Exception as exc:
-            if ctx.outcome != "retry":
+            if ctx.outcome != "retry" and not isinstance(exc, RateLimitExceeded):
                 await self._store_failure(ctx, exc)
             raise
         if ctx.outcome != "dead":

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from taskflow.broker import seconds
-from taskflow.errors import Reject, Retry
+from taskflow.errors import RateLimitExceeded, Reject, Retry
 from taskflow.middleware.base import CallNext, Context, Middleware
 
 logger = logging.getLogger("taskflow.middleware.retries")
@@ -62,6 +62,8 @@ class Retries(Middleware):
         """Run the rest of the stack; on failure retry or dead-letter the message."""
         try:
             return await call_next(ctx)
+        except RateLimitExceeded:
+            raise  # a deferral, not a failure: the rate-limit layer puts it back
         except Exception as exc:
             ctx.error = exc
             await self._settle(ctx, exc)

@@ -1,0 +1,317 @@
+"""Rate-limit state in Redis: one Lua script per operation, timed by Redis's clock.
+
+Keys, under ``<namespace>:ratelimit:``:
+
+* ``c:<key>`` and ``w:<key>``: sorted sets of holders (concurrent) or events
+  (window), scored by when each expires, in milliseconds of Redis ``TIME``.
+  Expired members are dropped by the next operation on the key, so a dead
+  holder is released by its own ``ttl`` even while others keep taking and
+  giving back slots; the key itself expires with its last member.
+* ``b:<key>``: a hash with the current bucket's number and count, expiring
+  at the bucket's end.
+* ``barrier:<key>`` (a hash of parties and arrivals) and
+  ``barrier:<key>:released`` (a one-element list, pushed by the last
+  arrival; waiters block in ``BLMOVE`` from it to itself, so one push wakes
+  every waiter, as in :mod:`taskflow.results.redis`).
+
+Each operation is one ``EVALSHA`` round trip (redis-py loads the script on
+first use). Sync actors use a blocking client with the same settings.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from taskflow._urls import mask_url
+from taskflow.errors import BrokerUnavailable
+from taskflow.rate_limits.backends import RateLimitBackend
+
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# KEYS: the set. ARGV: holder, limit, ttl ms. Returns -1 when taken, else
+# the ms until the earliest member expires.
+TAKE = (
+    _NOW
+    + """
+local key, holder, limit = KEYS[1], ARGV[1], tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+if not redis.call('ZSCORE', key, holder) and redis.call('ZCARD', key) >= limit then
+  local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  return math.max(tonumber(first[2]) - now, 0)
+end
+redis.call('ZADD', key, now + tonumber(ARGV[3]), holder)
+local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+redis.call('PEXPIREAT', key, last[2])
+return -1
+"""
+)
+
+# KEYS: the hash. ARGV: limit, bucket ms. Returns -1 when counted, else the
+# ms until the next bucket.
+BUCKET = (
+    _NOW
+    + """
+local key, limit, size = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])
+local number = math.floor(now / size)
+local cur = redis.call('HMGET', key, 'b', 'n')
+local used = 0
+if tonumber(cur[1]) == number then used = tonumber(cur[2]) end
+if used >= limit then return (number + 1) * size - now end
+redis.call('HSET', key, 'b', number, 'n', used + 1)
+redis.call('PEXPIREAT', key, (number + 1) * size)
+return -1
+"""
+)
+
+# KEYS: hash, released list. ARGV: parties, ttl ms. Returns 1 when created.
+BARRIER_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'parties', ARGV[1], 'arrived', 0)
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('DEL', KEYS[2])
+return 1
+"""
+
+# KEYS: hash, released list. Returns -1 without a barrier, 1 when released.
+BARRIER_ARRIVE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local arrived = redis.call('HINCRBY', KEYS[1], 'arrived', 1)
+if arrived < tonumber(redis.call('HGET', KEYS[1], 'parties')) then return 0 end
+if redis.call('LLEN', KEYS[2]) == 0 then
+  redis.call('RPUSH', KEYS[2], 1)
+  redis.call('PEXPIRE', KEYS[2], math.max(redis.call('PTTL', KEYS[1]), 1))
+end
+return 1
+"""
+
+_CARRIED = (
+    "host",
+    "port",
+    "db",
+    "username",
+    "password",
+    "socket_timeout",
+    "socket_connect_timeout",
+)
+
+_SCRIPTS = {"take": TAKE, "bucket": BUCKET, "create": BARRIER_CREATE, "arrive": BARRIER_ARRIVE}
+
+#: Longest single blocking call while waiting on a barrier, under the socket timeout.
+_BLOCK = 2.0
+
+
+def _ms(value: float) -> int:
+    return max(int(value * 1000), 1)
+
+
+def _hint(reply: Any) -> float | None:
+    return None if int(reply) < 0 else int(reply) / 1000
+
+
+class RedisBackend(RateLimitBackend):
+    """Rate-limit state in Redis (6.2 or later), shared by every worker that reaches it.
+
+    Args:
+        url: ``redis://`` / ``rediss://`` URL, or an existing
+            ``redis.asyncio.Redis`` or ``redis.Redis`` client (not closed by
+            :meth:`close`).
+        namespace: Prefix of every key.
+        max_connections: Connections the async client opens at most; beyond
+            that, operations wait for a free one.
+        socket_timeout: Seconds any one call may take.
+    """
+
+    def __init__(
+        self,
+        url: str | aioredis.Redis | redis.Redis = "redis://127.0.0.1:6379/0",
+        *,
+        namespace: str = "taskflow",
+        max_connections: int = 100,
+        socket_timeout: float = 5.0,
+    ) -> None:
+        self.namespace = namespace
+        self.max_connections = max_connections
+        self.socket_timeout = socket_timeout
+        self._async: aioredis.Redis | None = None
+        self._sync: redis.Redis | None = None
+        self._owned = True
+        if isinstance(url, str):
+            self.url = url
+        else:
+            self.url = "redis://(client)"
+            self._owned = False
+            if isinstance(url, aioredis.Redis):
+                self._async = url
+            else:
+                self._sync = url
+        self._scripts: dict[str, Any] = {}
+        self._sync_scripts: dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        return f"RedisBackend({mask_url(self.url)!r}, namespace={self.namespace!r})"
+
+    # -- clients --------------------------------------------------------------
+
+    def _kwargs(self) -> dict[str, Any]:
+        source = self._async if self._async is not None else self._sync
+        if source is None:
+            return {}
+        # The other flavour's pool takes other options: carry over only these.
+        kwargs = source.connection_pool.connection_kwargs
+        return {k: kwargs[k] for k in _CARRIED if k in kwargs}
+
+    @property
+    def client(self) -> aioredis.Redis:
+        """The asyncio client, created on first use."""
+        if self._async is None:
+            if not self._owned:
+                self._async = aioredis.Redis(**self._kwargs())
+            else:
+                pool = aioredis.BlockingConnectionPool.from_url(
+                    self.url,
+                    max_connections=self.max_connections,
+                    timeout=30,
+                    socket_timeout=self.socket_timeout,
+                    socket_connect_timeout=self.socket_timeout,
+                )
+                self._async = aioredis.Redis.from_pool(pool)
+        return self._async
+
+    @property
+    def sync_client(self) -> redis.Redis:
+        """The blocking client for sync actors, created on first use."""
+        if self._sync is None:
+            if not self._owned:
+                self._sync = redis.Redis(**self._kwargs())
+            else:
+                self._sync = redis.Redis.from_url(
+                    self.url,
+                    socket_timeout=self.socket_timeout,
+                    socket_connect_timeout=self.socket_timeout,
+                )
+        return self._sync
+
+    async def close(self) -> None:
+        """Close the clients this backend created."""
+        if self._owned:
+            client, self._async = self._async, None
+            if client is not None:
+                await client.aclose()
+            sync, self._sync = self._sync, None
+            if sync is not None:
+                sync.close()
+        self._scripts.clear()
+        self._sync_scripts.clear()
+
+    def _key(self, kind: str, key: str) -> str:
+        return f"{self.namespace}:ratelimit:{kind}:{key}"
+
+    def _error(self, exc: RedisError) -> BrokerUnavailable:
+        return BrokerUnavailable(
+            f"rate limits at {mask_url(self.url)} failed: {type(exc).__name__}: {exc}"
+        )
+
+    async def _eval(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        script = self._scripts.get(name)
+        if script is None:
+            script = self._scripts[name] = self.client.register_script(_SCRIPTS[name])
+        try:
+            return await script(keys=keys, args=args)
+        except RedisError as exc:
+            raise self._error(exc) from exc
+
+    def _eval_sync(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        script = self._sync_scripts.get(name)
+        if script is None:
+            script = self._sync_scripts[name] = self.sync_client.register_script(_SCRIPTS[name])
+        try:
+            return script(keys=keys, args=args)
+        except RedisError as exc:
+            raise self._error(exc) from exc
+
+    # -- operations -----------------------------------------------------------
+
+    async def hold(self, key: str, holder: str, limit: int, ttl: float) -> float | None:
+        """Take a slot; see :meth:`RateLimitBackend.hold`."""
+        reply = await self._eval("take", [self._key("c", key)], [holder, limit, _ms(ttl)])
+        return None if int(reply) < 0 else 0.0  # when a holder finishes is unknown
+
+    def hold_sync(self, key: str, holder: str, limit: int, ttl: float) -> float | None:
+        """Take a slot; see :meth:`RateLimitBackend.hold`."""
+        reply = self._eval_sync("take", [self._key("c", key)], [holder, limit, _ms(ttl)])
+        return None if int(reply) < 0 else 0.0
+
+    async def release(self, key: str, holder: str) -> None:
+        """Give a slot back; see :meth:`RateLimitBackend.release`."""
+        try:
+            await self.client.zrem(self._key("c", key), holder)
+        except RedisError as exc:
+            raise self._error(exc) from exc
+
+    def release_sync(self, key: str, holder: str) -> None:
+        """Give a slot back; see :meth:`RateLimitBackend.release`."""
+        try:
+            self.sync_client.zrem(self._key("c", key), holder)
+        except RedisError as exc:
+            raise self._error(exc) from exc
+
+    async def hit_window(self, key: str, holder: str, limit: int, window: float) -> float | None:
+        """Record an event in a sliding window; see :meth:`RateLimitBackend.hit_window`."""
+        args = [holder, limit, _ms(window)]
+        return _hint(await self._eval("take", [self._key("w", key)], args))
+
+    def hit_window_sync(self, key: str, holder: str, limit: int, window: float) -> float | None:
+        """Record an event in a sliding window; see :meth:`RateLimitBackend.hit_window`."""
+        args = [holder, limit, _ms(window)]
+        return _hint(self._eval_sync("take", [self._key("w", key)], args))
+
+    async def hit_bucket(self, key: str, limit: int, bucket: float) -> float | None:
+        """Count an event in a fixed bucket; see :meth:`RateLimitBackend.hit_bucket`."""
+        return _hint(await self._eval("bucket", [self._key("b", key)], [limit, _ms(bucket)]))
+
+    def hit_bucket_sync(self, key: str, limit: int, bucket: float) -> float | None:
+        """Count an event in a fixed bucket; see :meth:`RateLimitBackend.hit_bucket`."""
+        return _hint(self._eval_sync("bucket", [self._key("b", key)], [limit, _ms(bucket)]))
+
+    def _barrier_keys(self, key: str) -> list[str]:
+        hash_key = self._key("barrier", key)
+        return [hash_key, hash_key + ":released"]
+
+    async def barrier_create(self, key: str, parties: int, ttl: float) -> bool:
+        """Create a barrier; see :meth:`RateLimitBackend.barrier_create`."""
+        reply = await self._eval("create", self._barrier_keys(key), [parties, _ms(ttl)])
+        return int(reply) == 1
+
+    async def barrier_arrive(self, key: str) -> bool:
+        """Count a party in; see :meth:`RateLimitBackend.barrier_arrive`."""
+        reply = int(await self._eval("arrive", self._barrier_keys(key), []))
+        if reply < 0:
+            raise LookupError(f"no barrier {key!r}")
+        return reply == 1
+
+    async def barrier_wait(self, key: str, timeout: float) -> bool:
+        """Wait for a release; see :meth:`RateLimitBackend.barrier_wait`."""
+        released = self._barrier_keys(key)[1]
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                if await self.client.llen(released):
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                block = min(left, _BLOCK, self.socket_timeout * 0.8)
+                # Redis takes fractional seconds; the stub says int.
+                move = self.client.blmove(released, released, block, "RIGHT", "LEFT")  # type: ignore[arg-type]
+                if await move is not None:
+                    return True
+        except RedisError as exc:
+            raise self._error(exc) from exc
