@@ -33,7 +33,6 @@ except ImportError:  # pragma: no cover - exercised by the CLI's install hint
         "pip install 'taskflow-aio[prometheus]'"
     ) from None
 
-from taskflow.message import utcnow
 from taskflow.middleware.base import CallNext, Context, Middleware
 
 if TYPE_CHECKING:
@@ -70,6 +69,8 @@ DURATION_BUCKETS = (
 LATENCY_BUCKETS = (*DURATION_BUCKETS, 4 * 3600.0, 24 * 3600.0)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+#: Seconds between updates of the in-progress gauges.
+IN_PROGRESS_INTERVAL = 1.0
 QUEUE_STATES = ("ready", "delayed", "in_flight", "dead")
 LABELS = ("queue", "actor")
 
@@ -138,10 +139,20 @@ def metrics_for(registry: CollectorRegistry | None = None) -> Metrics:
 class _Bound:
     """The children of every metric for one (queue, actor) pair."""
 
-    __slots__ = ("duration", "errors", "in_progress", "latency", "messages", "metrics", "retries")
+    __slots__ = (
+        "duration",
+        "errors",
+        "in_progress",
+        "latency",
+        "messages",
+        "metrics",
+        "retries",
+        "running",
+    )
 
     def __init__(self, metrics: Metrics, queue: str, actor: str) -> None:
         self.metrics = metrics
+        self.running = 0
         self.messages = metrics.messages.labels(queue, actor)
         self.errors = metrics.errors.labels(queue, actor)
         self.retries = metrics.retries.labels(queue, actor)
@@ -215,7 +226,7 @@ class Prometheus(Middleware):
         self.metrics = metrics_for(registry)
         self.queue_stats_interval = queue_stats_interval
         self._bound: dict[tuple[str, str], _Bound] = {}
-        self._sampler: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     def _for(self, queue: str, actor: str) -> _Bound:
         bound = self._bound.get((queue, actor))
@@ -231,11 +242,13 @@ class Prometheus(Middleware):
     async def process(self, ctx: Context, call_next: CallNext) -> Any:
         """Count the attempt, time it, and count what became of it."""
         message = ctx.message
-        bound = self._for(message.queue, message.actor)
+        bound = self._bound.get((message.queue, message.actor))
+        if bound is None:
+            bound = self._for(message.queue, message.actor)
         start = message.eta or message.enqueued_at
-        bound.latency.observe(max((utcnow() - start).total_seconds(), 0.0))
+        bound.latency.observe(max(time.time() - start.timestamp(), 0.0))
         bound.messages.inc()
-        bound.in_progress.inc()
+        bound.running += 1
         began = time.perf_counter()
         try:
             result = await call_next(ctx)
@@ -244,7 +257,7 @@ class Prometheus(Middleware):
             raise
         finally:
             bound.duration.observe(time.perf_counter() - began)
-            bound.in_progress.dec()
+            bound.running -= 1
             self._count_outcome(ctx, bound)
         return result
 
@@ -259,22 +272,38 @@ class Prometheus(Middleware):
         """Count one dead letter of ``actor`` on ``queue`` with ``reason``."""
         self.metrics.dead_letters.labels(queue, actor, reason_kind(reason)).inc()
 
-    # -- queue depths ---------------------------------------------------------
+    # -- gauges set on an interval ---------------------------------------------
 
     async def on_startup(self, worker: Worker) -> None:
-        """Start sampling the depths of the worker's queues, when an interval is set."""
-        if self.queue_stats_interval is None:
-            return
-        queues = worker.queues or worker.broker.queues or ["default"]
-        self._sampler = asyncio.create_task(self._sample(worker.broker, queues))
+        """Start publishing the in-progress gauges, and sampling queue depths if asked."""
+        self._tasks.append(asyncio.create_task(self._publish_in_progress()))
+        if self.queue_stats_interval is not None:
+            queues = worker.queues or worker.broker.queues or ["default"]
+            self._tasks.append(asyncio.create_task(self._sample(worker.broker, queues)))
 
     async def on_shutdown(self, worker: Worker) -> None:
-        """Stop sampling."""
-        sampler, self._sampler = self._sampler, None
-        if sampler is not None:
-            sampler.cancel()
+        """Stop both, publishing the in-progress gauges one last time."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await sampler
+                await task
+        self.publish_in_progress()
+
+    async def _publish_in_progress(self) -> None:
+        while True:
+            self.publish_in_progress()
+            await asyncio.sleep(IN_PROGRESS_INTERVAL)
+
+    def publish_in_progress(self) -> None:
+        """Set ``taskflow_messages_in_progress`` from this process's running count.
+
+        Counted in a plain integer per message and published on an interval:
+        an increment and a decrement of a multiprocess gauge per message would
+        cost two file writes.
+        """
+        for bound in list(self._bound.values()):
+            bound.in_progress.set(bound.running)
 
     async def _sample(self, broker: Broker, queues: list[str]) -> None:
         assert self.queue_stats_interval is not None

@@ -141,7 +141,10 @@ async def test_a_redelivery_links_to_the_send(
 
     [send] = spans(exporter, "send once")
     [process] = spans(exporter, "process once")
-    assert process.attributes is not None and process.attributes["taskflow.delivery_count"] == 2
+    assert (
+        process.attributes is not None
+        and process.attributes["messaging.message.delivery_count"] == 2
+    )
     assert [link.context.span_id for link in process.links] == [send.context.span_id]
 
 
