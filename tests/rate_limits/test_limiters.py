@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+import secrets
+import sqlite3
 import threading
 import time
+from pathlib import Path
 
 import anyio
 import pytest
 
 import taskflow
+from taskflow.brokers.memory import MemoryBroker
+from taskflow.brokers.sqlite import SQLiteBroker
 from taskflow.rate_limits import (
     Barrier,
     BucketRateLimiter,
     ConcurrentRateLimiter,
     WindowRateLimiter,
 )
-from taskflow.rate_limits.backends import MemoryBackend, RateLimitBackend
+from taskflow.rate_limits.backends import (
+    MemoryBackend,
+    RateLimitBackend,
+    RedisBackend,
+    SQLiteBackend,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -235,3 +245,40 @@ def test_bad_arguments() -> None:
         ConcurrentRateLimiter("redis://x", "k", limit=1)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="parties"):
         anyio.run(Barrier(backend, "b").create, 0)
+
+
+async def test_redis_backend_from_a_client_shares_the_url_backends_state(redis_url: str) -> None:
+    import redis.asyncio as aioredis
+
+    namespace = f"tf-test-rl-{secrets.token_hex(4)}"
+    client = aioredis.Redis.from_url(redis_url)
+    by_url = RedisBackend(redis_url, namespace=namespace)
+    by_client = RedisBackend(client, namespace=namespace)
+    try:
+        a = ConcurrentRateLimiter(by_url, "client-shared", limit=1)
+        b = ConcurrentRateLimiter(by_client, "client-shared", limit=1)
+        held = await a.try_acquire()
+        assert held is not None
+        assert await b.try_acquire() is None
+        with b.acquire_sync(raise_on_failure=False) as got:
+            assert got is False  # the blocking client reaches the same server and db
+        await a.release(held)
+        assert await b.try_acquire() is not None
+    finally:
+        await client.delete(*[k async for k in client.scan_iter(f"{namespace}:*")])
+        await by_url.close()
+        await by_client.close()
+        by_client.sync_client.close()
+        await client.aclose()
+
+
+def test_sqlite_backend_shares_the_brokers_file(tmp_path: Path) -> None:
+    broker = SQLiteBroker(tmp_path / "app.sqlite3")
+    backend = SQLiteBackend(broker)
+    assert backend.path == Path(broker.path)
+    limiter = ConcurrentRateLimiter(backend, "file", limit=1)
+    with limiter.acquire_sync():
+        with sqlite3.connect(broker.path) as db:
+            assert db.execute("SELECT COUNT(*) FROM taskflow_rate_holders").fetchone() == (1,)
+    with pytest.raises(TypeError, match="SQLiteBroker"):
+        SQLiteBackend(MemoryBroker())
