@@ -24,6 +24,7 @@ import json
 import logging
 from typing import Any
 
+from taskflow._redact import protect
 from taskflow.middleware.current_message import current_delivery
 
 #: The text format of ``--log-format text``.
@@ -59,7 +60,8 @@ class JsonFormatter(logging.Formatter):
             if key not in _STANDARD and key not in entry:
                 entry[key] = value
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            # exc_text when a filter already formatted (and masked) the traceback
+            entry["exception"] = record.exc_text or self.formatException(record.exc_info)
         elif record.stack_info:
             entry["stack"] = self.formatStack(record.stack_info)
         return json.dumps(entry, default=str, ensure_ascii=False)
@@ -83,4 +85,5 @@ def configure(level: str = "info", log_format: str = "text") -> None:
         raise ValueError(f"unknown log format {log_format!r}: use 'text' or 'json'")
     handler = logging.StreamHandler()
     handler.setFormatter(formatter)
+    protect(handler)  # secrets masked in every logger's records, the application's too
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)

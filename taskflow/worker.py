@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Self
 import anyio
 from anyio.abc import TaskStatus
 
+from taskflow._redact import redact
 from taskflow.errors import BrokerError, InvalidArguments, LeaseLost, TaskflowError
 from taskflow.middleware import Context, build_stack
 from taskflow.middleware.retries import describe
@@ -355,7 +356,9 @@ class Worker:
                 actor.name,
                 message.queue,
             )
-            await self._settle_quietly(delivery.nack, f"invalid_arguments: {exc}"[:500])
+            await self._settle_quietly(
+                delivery.nack, f"invalid_arguments: {redact(str(exc))}"[:500]
+            )
             return
         ctx = Context(self, delivery, actor, args, kwargs)
         try:

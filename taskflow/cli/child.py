@@ -28,6 +28,7 @@ from typing import NoReturn
 
 import anyio
 
+from taskflow._redact import redact
 from taskflow.broker import Broker
 from taskflow.cli._signals import Arrival, StopSignals
 from taskflow.cli.aio import connected, run_async
@@ -86,7 +87,7 @@ def check(config: WorkerConfig) -> int:
     try:
         run_async(_connect, load(config), config.app)
     except CliError as exc:
-        print(f"Error: {exc}", file=sys.stderr, flush=True)
+        print(f"Error: {redact(str(exc))}", file=sys.stderr, flush=True)
         return 2
     return 0
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 
+from taskflow._redact import protect
+
 LOG_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
 
 
@@ -19,6 +21,9 @@ def configure_logging(level: str, log_format: str = "text") -> None:
     """
     if log_format == "text":
         logging.basicConfig(level=level.upper(), format=LOG_FORMAT, force=True)
+        for handler in logging.getLogger().handlers:
+            # Secrets masked in every logger's records (see taskflow/_redact.py).
+            protect(handler)
         return
     from taskflow.logs import configure
 

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from taskflow._redact import redact
 from taskflow.cli.aio import connected, run_async
 from taskflow.cli.errors import CliError
 from taskflow.cli.logs import LOG_FORMAT, configure_logging
@@ -56,5 +57,5 @@ def reporting_errors() -> Iterator[None]:
     try:
         yield
     except CliError as exc:
-        typer.echo(f"Error: {exc}", err=True)
+        typer.echo(f"Error: {redact(str(exc))}", err=True)
         raise typer.Exit(2) from None

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Literal
 import anyio
 from anyio.abc import Process, TaskGroup
 
+from taskflow._redact import redact
 from taskflow.cli._signals import ECHO_WINDOW, Arrival, StopSignals
 from taskflow.cli.backoff import Backoff
 from taskflow.cli.config import SupervisorConfig, WorkerConfig
@@ -266,6 +267,6 @@ def _serve_metrics(config: SupervisorConfig) -> MetricsServer | None | Literal[F
     try:
         metrics.start()
     except CliError as exc:
-        print(f"Error: {exc}", file=sys.stderr, flush=True)
+        print(f"Error: {redact(str(exc))}", file=sys.stderr, flush=True)
         return False
     return metrics

@@ -7,6 +7,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+from taskflow._redact import redact
 from taskflow.broker import seconds
 from taskflow.errors import RateLimitExceeded, Reject, Retry
 from taskflow.middleware.base import CallNext, Context, Middleware
@@ -20,8 +21,8 @@ _REASON_LIMIT = 500
 
 
 def describe(exc: BaseException) -> str:
-    """Return ``Type: message``, capped, for dead-letter reasons and results."""
-    text = f"{type(exc).__name__}: {exc}"
+    """Return ``Type: message``, capped and with secrets masked, for dead-letter reasons and logs."""
+    text = f"{type(exc).__name__}: {redact(str(exc))}"
     return text if len(text) <= _REASON_LIMIT else text[: _REASON_LIMIT - 3] + "..."
 
 
@@ -87,7 +88,7 @@ class Retries(Middleware):
         if not self._should_retry(ctx, exc):
             ctx.outcome = "dead"
             if isinstance(exc, Reject):
-                reason = f"rejected: {exc}"
+                reason = f"rejected: {redact(str(exc))}"
             elif ctx.option("throws") and isinstance(exc, ctx.option("throws")):
                 reason = f"failed: {describe(exc)}"
             else:

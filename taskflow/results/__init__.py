@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from taskflow._redact import redact
 from taskflow.errors import ResultFailed, ResultTimeout
 
 if TYPE_CHECKING:
@@ -59,9 +60,14 @@ class ResultRecord(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def failure_record(exc: BaseException) -> ResultRecord:
-    """Describe ``exc`` as a failed :class:`ResultRecord` (type name, message, traceback text)."""
-    text = "".join(traceback.format_exception(exc))[-_TRACEBACK_LIMIT:]
-    return ResultRecord(ok=False, error_type=type(exc).__name__, error=str(exc), traceback=text)
+    """Describe ``exc`` as a failed :class:`ResultRecord` (type name, message, traceback text).
+
+    Secrets in the message and the traceback are masked (see :mod:`taskflow._redact`).
+    """
+    text = redact("".join(traceback.format_exception(exc)))[-_TRACEBACK_LIMIT:]
+    return ResultRecord(
+        ok=False, error_type=type(exc).__name__, error=redact(str(exc)), traceback=text
+    )
 
 
 _record_decoder = msgspec.json.Decoder(ResultRecord)

@@ -85,6 +85,10 @@ def sqlite_broker() -> Broker:
     async def doomed(reason: str) -> None:
         raise Reject(reason)
 
+    @shared.actor(max_retries=0)
+    async def leaky(url: str) -> None:
+        raise ConnectionError(f"could not connect to {url}")
+
     return shared
 
 
