@@ -5,6 +5,7 @@ A transport that loses its server does three things, always the same way:
 * waits between attempts with :func:`backoff` (exponential, capped, with
   jitter, so that a hundred workers coming back do not knock in step);
 * says so once per outage, and once when it ends, through an :class:`Outage`
+  (lost connection or full server: ``kind``)
   (a log line per failed attempt would drown the log at the moment it is read);
 * bounds the whole repetition by a deadline: :func:`retrying` repeats a call
   while it fails for a reason that may pass, and gives up with :class:`GaveUp`
@@ -82,28 +83,27 @@ class Outage:
         self.since: float | None = None
         self.attempts = 0
         self.count = 0
+        self.kind = "connection"
 
     @property
     def active(self) -> bool:
         """Whether an outage is going on (a failure not yet followed by a success)."""
         return self.since is not None
 
-    def failed(self, exc: BaseException, *, state: str = "lost the connection to") -> float:
+    def failed(self, exc: BaseException, *, kind: str = "connection") -> float:
         """Record a failed attempt; return the seconds to wait before the next one.
 
-        Only the first failure of an outage is logged (a warning); ``state``
-        words it (``"found out of memory"`` reads better than a lost connection
-        for a full server).
+        Only the first failure of an outage is logged (a warning). ``kind``
+        words it: ``"connection"`` (lost the connection) or ``"full"`` (the
+        server refuses writes for want of memory or disk).
         """
         if self.since is None:
             self.since = time.monotonic()
             self.count += 1
+            self.kind = kind
             self.logger.warning(
-                "%s %s %s at %s (%s: %s); retrying with backoff",
-                self.what,
-                state,
-                self.server,
-                self.where,
+                "%s; retrying with backoff (%s: %s)",
+                _WORDS[kind][0].format(what=self.what, server=self.server, where=self.where),
                 type(exc).__name__,
                 exc,
             )
@@ -115,15 +115,26 @@ class Outage:
         """Record a success; log the end of the outage if there was one."""
         if self.since is not None:
             self.logger.warning(
-                "%s reconnected to %s at %s after %.1f s (%d failed attempts)",
-                self.what,
-                self.server,
-                self.where,
+                "%s after %.1f s (%d failed attempts)",
+                _WORDS[self.kind][1].format(what=self.what, server=self.server, where=self.where),
                 time.monotonic() - self.since,
                 self.attempts,
             )
             self.since = None
             self.attempts = 0
+
+
+#: How an outage of each kind is told: when it starts, when it ends.
+_WORDS = {
+    "connection": (
+        "{what} lost the connection to {server} at {where}",
+        "{what} reconnected to {server} at {where}",
+    ),
+    "full": (
+        "{what}: {server} at {where} is full and refuses writes",
+        "{what}: {server} at {where} takes writes again",
+    ),
+}
 
 
 class GaveUp(TimeoutError):
@@ -144,7 +155,7 @@ async def retrying(
     outage: Outage,
     timeout: float,
     what: str = "call",
-    state: Callable[[BaseException], str] | None = None,
+    kind: Callable[[BaseException], str] | None = None,
 ) -> T:
     """Await ``call()``, repeating it after a backoff while it fails transiently.
 
@@ -158,7 +169,8 @@ async def retrying(
         outage: Logs the outage and paces the attempts.
         timeout: Seconds for all attempts together.
         what: Names the call in :class:`GaveUp`'s message.
-        state: Words a failure for the outage's log line (see :meth:`Outage.failed`).
+        kind: The kind of outage a failure means, for its log line (see
+            :meth:`Outage.failed`); default ``"connection"``.
 
     Raises:
         GaveUp: No success within ``timeout`` (``last`` holds the last error).
@@ -176,8 +188,8 @@ async def retrying(
                         raise
                     last = exc
                     attempts += 1
-                    words = state(exc) if state is not None else "lost the connection to"
-                    await asyncio.sleep(outage.failed(exc, state=words))
+                    what_kind = kind(exc) if kind is not None else "connection"
+                    await asyncio.sleep(outage.failed(exc, kind=what_kind))
                 else:
                     outage.recovered()
                     return result

@@ -34,8 +34,8 @@ def test_outage_speaks_once_when_it_starts_and_once_when_it_ends(
     assert (outage.active, outage.count) == (False, 1)
     lines = [r.getMessage() for r in caplog.records]
     assert lines == [
-        "consumer of q lost the connection to Redis at redis://h:1/0 "
-        "(ConnectionError: refused); retrying with backoff",
+        "consumer of q lost the connection to Redis at redis://h:1/0; "
+        "retrying with backoff (ConnectionError: refused)",
         lines[1],
     ]
     assert lines[1].startswith("consumer of q reconnected to Redis at redis://h:1/0 after ")
@@ -81,3 +81,13 @@ async def test_retrying_gives_up_within_its_timeout() -> None:
     assert 0.3 <= time.monotonic() - start < 0.5
     assert isinstance(info.value, TimeoutError) and isinstance(info.value.last, ConnectionError)
     assert info.value.attempts >= 3 and "send" in str(info.value)
+
+
+def test_a_full_server_is_told_as_such(caplog: pytest.LogCaptureFixture) -> None:
+    outage = Outage(logger, "producer", "redis://h:1/0", server="Redis")
+    outage.failed(RuntimeError("OOM command not allowed"), kind="full")
+    outage.recovered()
+    assert [r.getMessage().split(";")[0].split(" after")[0] for r in caplog.records] == [
+        "producer: Redis at redis://h:1/0 is full and refuses writes",
+        "producer: Redis at redis://h:1/0 takes writes again",
+    ]

@@ -58,8 +58,9 @@ from taskflow.brokers.redis import _scripts
 from taskflow.brokers.redis._connection import (
     async_client,
     client_options,
+    is_full,
     is_outage,
-    outage_state,
+    outage_kind,
 )
 from taskflow.brokers.redis._keeper import Keeper, LeaseTable
 from taskflow.brokers.redis._keys import Keys
@@ -77,7 +78,6 @@ logger = logging.getLogger("taskflow.brokers.redis")
 T = TypeVar("T")
 
 _CHUNK = 1000
-_EVICTING = ("allkeys-lru", "allkeys-lfu", "allkeys-random")
 _SCRIPTS = {
     "enqueue": _scripts.ENQUEUE,
     "fetch": _scripts.FETCH,
@@ -252,12 +252,14 @@ class RedisBroker(Broker):
             logger.debug("cannot read maxmemory-policy: %s", exc)
             return
         policy = _text(config.get("maxmemory-policy") or config.get(b"maxmemory-policy") or "")
-        if policy in _EVICTING:
+        if policy.startswith(("allkeys-", "volatile-")):
+            what = "taskflow's keys" if policy.startswith("allkeys-") else "keys with a TTL"
             logger.warning(
-                "Redis at %s has maxmemory-policy %s: it may evict taskflow's keys and lose "
-                "messages; set it to noeviction",
+                "Redis at %s has maxmemory-policy %s: it may evict %s (messages, results, "
+                "the reaper's lock) when memory runs out; set it to noeviction",
                 self._where,
                 policy,
+                what,
             )
         try:
             aof = (await self._client.info("persistence")).get("aof_enabled")
@@ -315,11 +317,12 @@ class RedisBroker(Broker):
                 outage=outage or self._producer_outage,
                 timeout=self.send_timeout,
                 what=what,
-                state=outage_state,
+                kind=outage_kind,
             )
         except GaveUp as exc:
+            why = "was full (maxmemory) and refused" if is_full(exc.last) else "did not take"
             raise BrokerUnavailable(
-                f"Redis at {self._where} did not take {what} within {self.send_timeout} s "
+                f"Redis at {self._where} {why} {what} for {self.send_timeout} s "
                 f"({exc.attempts} failed attempts; last error: {exc.last})"
             ) from exc.last
         except redis.RedisError as exc:
@@ -411,7 +414,7 @@ class RedisBroker(Broker):
                         raise BrokerError(
                             f"Redis at {self._where} refused a fetch from {queue}: {exc}"
                         ) from exc
-                    await anyio.sleep(outage.failed(exc, state=outage_state(exc)))
+                    await anyio.sleep(outage.failed(exc, kind=outage_kind(exc)))
         finally:
             if batch:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(self.socket_timeout):

@@ -30,7 +30,7 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, TRANSIENT)
 
 
-def is_full(exc: BaseException) -> bool:
+def is_full(exc: BaseException | None) -> bool:
     """Whether ``exc`` is Redis refusing a write at ``maxmemory`` (policy ``noeviction``)."""
     return isinstance(exc, redis.exceptions.OutOfMemoryError) or (
         isinstance(exc, redis.ResponseError) and "OOM command not allowed" in str(exc)
@@ -42,9 +42,9 @@ def is_outage(exc: BaseException) -> bool:
     return is_transient(exc) or is_full(exc)
 
 
-def outage_state(exc: BaseException) -> str:
-    """Words for an outage's log line: a full server is not a lost connection."""
-    return "found out of memory (maxmemory reached)" if is_full(exc) else "lost the connection to"
+def outage_kind(exc: BaseException) -> str:
+    """The kind of outage ``exc`` means (see ``taskflow._retrying.Outage``): full, or connection."""
+    return "full" if is_full(exc) else "connection"
 
 
 def client_options(

@@ -31,7 +31,7 @@ import redis
 
 from taskflow._retrying import Outage
 from taskflow.brokers.redis import _scripts
-from taskflow.brokers.redis._connection import is_full, is_outage, outage_state, sync_client
+from taskflow.brokers.redis._connection import is_full, is_outage, outage_kind, sync_client
 
 if TYPE_CHECKING:
     from taskflow.brokers.redis._keys import Keys
@@ -198,7 +198,7 @@ class Keeper:
                 return self._heartbeat_interval
             # A full server counts as an outage too: while writes are refused
             # no one can renew, so the reaper must hold back afterwards.
-            return self._outage.failed(exc, state=outage_state(exc))
+            return self._outage.failed(exc, kind=outage_kind(exc))
         return min(self._next_beat, self._next_reap) - time.monotonic()
 
     def _tick(self, client: Any, renew: Any, maintain: Any) -> None:

@@ -46,7 +46,7 @@ from taskflow.brokers.redis._connection import (
     async_client,
     client_options,
     is_outage,
-    outage_state,
+    outage_kind,
 )
 from taskflow.errors import BrokerError, BrokerUnavailable
 from taskflow.results import ResultBackend
@@ -151,7 +151,7 @@ class RedisResults(ResultBackend):
                 outage=self._outage,
                 timeout=self.retry_timeout,
                 what=what,
-                state=outage_state,
+                kind=outage_kind,
             )
         except GaveUp as exc:
             raise BrokerUnavailable(

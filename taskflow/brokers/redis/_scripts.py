@@ -74,6 +74,18 @@ _PRELUDE = """
 local READY, DELAYED, INFLIGHT, BODY, DC, PRI, OWNER = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local DEAD, DEAD_BODY, DEAD_REASON, NOTIFY, SEQ, QUEUES = KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[13]
 
+-- At maxmemory with noeviction, Redis refuses the first command of a script
+-- that may grow memory, and lets the later ones through so as not to stop a
+-- script half-way ("only if this is the first write in the context of this
+-- script", scriptVerifyOOM). A script that only moves messages (fetch,
+-- settle, renew, maintain) starts with a write that cannot grow memory, so a
+-- full server still lets work be fetched, acked, retried, renewed and
+-- reaped: each move stores about what it frees. Only new messages (ENQUEUE)
+-- are refused, and the producer is told.
+local function even_when_full()
+  redis.call('ZREMRANGEBYSCORE', INFLIGHT, 1, 0)  -- an empty range: removes nothing, ever
+end
+
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -210,6 +222,7 @@ return #bodies / 2
 FETCH = (
     _PRELUDE
     + """
+even_when_full()
 local n, token, lease, max_size = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local now = now_ms()
 promote(now, 1000)
@@ -263,6 +276,7 @@ SETTLE = (
     (
         _PRELUDE
         + """
+even_when_full()
 local items = cmsgpack.unpack(ARGV[1])
 local ids = {}
 for i, item in ipairs(items) do ids[i] = item[2] end
@@ -327,6 +341,7 @@ return results
 RENEW = (
     _PRELUDE
     + """
+even_when_full()
 local deadline = now_ms() + tonumber(ARGV[1])
 local items = cmsgpack.unpack(ARGV[2])
 local ids = {}
@@ -351,6 +366,7 @@ return lost
 MAINTAIN = (
     _PRELUDE
     + """
+even_when_full()
 local now, limit = now_ms(), tonumber(ARGV[2])
 local promoted = promote(now, limit)
 local reaped = reap(now, limit)
@@ -399,6 +415,7 @@ return out
 REQUEUE_DEAD = (
     _PRELUDE
     + """
+even_when_full()
 local now = now_ms()
 expire_dead(now, tonumber(ARGV[1]), 1000)
 local ids = {}
