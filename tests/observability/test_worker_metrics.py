@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -16,7 +17,7 @@ import pytest
 
 from tests.apps import obs_app
 from tests.apps.redis_app import delete_namespace, free_port
-from tests.cli.procs import REPO, WorkerCli
+from tests.cli.procs import REPO, WorkerCli, wait_until
 from tests.observability.prom import PrometheusServer
 
 pytestmark = pytest.mark.slow
@@ -77,6 +78,7 @@ def test_prometheus_scrapes_exact_sums_across_a_killed_child(
         prometheus.wait_for('count(up{job="taskflow"} == 1)', 1)  # one endpoint for the tree
         # Both children did work, so the sums above really are sums.
         assert cli.pids("ran") == first
+        check_dashboard(prometheus)
 
         # When: a child is SIGKILLed and replaced.
         victim = min(first)
@@ -96,6 +98,31 @@ def test_prometheus_scrapes_exact_sums_across_a_killed_child(
     assert cli.wait(timeout=20) == 0
     [directory] = re.findall(r"/metrics \(files in (\S+)\)", cli.output())
     assert not Path(directory).exists()  # a private directory per run, removed at exit
+
+
+def check_dashboard(prometheus: PrometheusServer) -> None:
+    """Every query of the example Grafana dashboard is valid PromQL over what the worker exports."""
+    dashboard = json.loads((REPO / "examples/grafana/taskflow-dashboard.json").read_text())
+    no_data_yet = {"Deferred by rate limits per second", "Messages sent per second"}
+    expected = {p["title"] for p in dashboard["panels"]} - no_data_yet
+
+    def answered() -> set[str]:
+        titles = set()
+        for panel in dashboard["panels"]:
+            for target in panel["targets"]:
+                expr = target["expr"]
+                for variable, value in (
+                    ("$__rate_interval", "1m"),
+                    ("$queue", ".*"),
+                    ("$job", ".*"),
+                ):
+                    expr = expr.replace(variable, value)
+                if prometheus.query(expr):  # raises on an invalid query
+                    titles.add(panel["title"])
+        return titles
+
+    # Rates need two samples of a series: a few scrapes.
+    wait_until(lambda: answered() == expected, 15, "data in every panel")
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
