@@ -16,18 +16,17 @@ thread) and requeued, neither dead-lettered nor counted as a retry.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import os
-import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Self
 
 import anyio
 from anyio.abc import TaskStatus
 
 from taskflow._redact import redact
+from taskflow._threads import STUCK_GRACE, THREAD_LIMITS, ThreadCall, ThreadPool
 from taskflow.errors import BrokerError, InvalidArguments, LeaseLost, TaskflowError
 from taskflow.middleware import Context, build_stack
 from taskflow.middleware.retries import describe
@@ -45,35 +44,6 @@ HAND_BACK_TIMEOUT = 10.0
 
 class WorkerShutdown(TaskflowError):
     """Raised inside a sync actor's thread when the worker gives up waiting for it."""
-
-
-class _ThreadCall:
-    """Runs one sync actor call in a pool thread and can raise into that thread."""
-
-    __slots__ = ("_ident", "_lock", "args", "fn", "kwargs")
-
-    def __init__(self, fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> None:
-        self.fn = fn
-        self.args = args
-        self.kwargs = kwargs
-        self._ident: int | None = None
-        self._lock = threading.Lock()
-
-    def run(self) -> Any:
-        with self._lock:
-            self._ident = threading.get_ident()
-        try:
-            return self.fn(*self.args, **self.kwargs)
-        finally:
-            with self._lock:
-                self._ident = None
-
-    def interrupt(self, exc_type: type[BaseException]) -> None:
-        with self._lock:
-            if self._ident is not None:
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                    ctypes.c_ulong(self._ident), ctypes.py_object(exc_type)
-                )
 
 
 class _Handoff:
@@ -185,12 +155,22 @@ class Worker:
         self.failed = 0
         self._stop_requested = False
         self._stopping: anyio.Event | None = None
-        self._running: set[_ThreadCall] = set()
-        self._limiter: anyio.CapacityLimiter | None = None
+        self._pool: ThreadPool | None = None
+        self._slot_waits: set[anyio.CancelScope] = set()
+        self._prepaid: set[Delivery] = set()
         self._tg: anyio.abc.TaskGroup | None = None
         self._busy = 0
         self._idle: anyio.Event | None = None
         self._stack = build_stack(broker.middleware, self._call_actor)
+
+    @property
+    def stuck_threads(self) -> int:
+        """Sync actor calls given up as stuck (still running past their time limit and a grace).
+
+        Their messages failed with ``TimeLimitExceeded``; their threads are
+        abandoned. ``taskflow worker`` replaces a process where this is not 0.
+        """
+        return 0 if self._pool is None else self._pool.stuck
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -205,7 +185,7 @@ class Worker:
         self._stopping = anyio.Event()
         if self._stop_requested:
             self._stopping.set()
-        self._limiter = anyio.CapacityLimiter(self.threads)
+        self._pool = ThreadPool(self.threads)
         await self.broker.connect()
         queues = self.queues or self.broker.queues or ["default"]
         for m in self.broker.middleware:
@@ -236,6 +216,9 @@ class Worker:
                 await self._stopping.wait()
                 consumers.cancel_scope.cancel()
             handoff.close()
+            # Messages waiting for a thread have not started: they go back now.
+            for waiting in list(self._slot_waits):
+                waiting.cancel()
             # Consumers are gone and the hand-off is closed: processors finish
             # what they run, then leave their loops.
             with anyio.move_on_after(self.shutdown_timeout) as grace:
@@ -246,8 +229,8 @@ class Worker:
                     self.worker_id,
                     self.shutdown_timeout,
                 )
-                for call in list(self._running):
-                    call.interrupt(WorkerShutdown)
+                assert self._pool is not None
+                self._pool.interrupt_all(WorkerShutdown)
                 processors.cancel_scope.cancel()
 
     async def _wait_idle(self) -> None:
@@ -287,13 +270,15 @@ class Worker:
     # -- consuming ----------------------------------------------------------
 
     async def _consume(self, queue: str, handoff: _Handoff) -> None:
+        sync_only = self._sync_only(queue)
+        prefetch = min(self.prefetch, self.threads) if sync_only else self.prefetch
         while True:
-            deliveries = self.broker.consume(queue, prefetch=self.prefetch)
+            deliveries = self.broker.consume(queue, prefetch=prefetch)
             try:
-                async for delivery in deliveries:
-                    # Hand over without a loop round trip when a processor waits.
-                    if not handoff.offer(delivery):
-                        await self._send_or_requeue(handoff, delivery)
+                if sync_only:
+                    await self._feed_threads(deliveries, handoff)
+                else:
+                    await self._feed(deliveries, handoff)
                 return
             except BrokerError as exc:
                 # Transports reconnect by themselves; this is the last line of defence.
@@ -305,13 +290,50 @@ class Worker:
                 with anyio.move_on_after(HAND_BACK_TIMEOUT, shield=True):
                     await deliveries.aclose()
 
+    async def _feed(self, deliveries: AsyncIterator[Delivery], handoff: _Handoff) -> None:
+        async for delivery in deliveries:
+            # Hand over without a loop round trip when a processor waits.
+            if not handoff.offer(delivery):
+                await self._send_or_requeue(handoff, delivery)
+
+    async def _feed_threads(self, deliveries: AsyncIterator[Delivery], handoff: _Handoff) -> None:
+        """Fetch each message of a queue of sync actors only once a thread is free for it.
+
+        The slot taken goes with the delivery (``_prepaid``) to the processor,
+        so a worker leases no more sync work than it has threads to run.
+        """
+        assert self._pool is not None
+        while True:
+            await self._pool.take()
+            try:
+                delivery = await anext(deliveries)
+            except BaseException:  # the end of the iterator, a broker error, a cancellation
+                self._pool.give()
+                raise
+            self._prepaid.add(delivery)
+            if not handoff.offer(delivery):
+                await self._send_or_requeue(handoff, delivery)
+
+    def _sync_only(self, queue: str) -> bool:
+        """Whether every actor declared on ``queue`` is sync (and there is one)."""
+        kinds = {actor.is_async for actor in self.broker.actors.values() if actor.queue == queue}
+        return kinds == {False}
+
     async def _send_or_requeue(self, handoff: _Handoff, delivery: Delivery) -> None:
         try:
             await handoff.put(delivery)
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
+                self._release_slot(delivery)
                 await self._settle_quietly(delivery.requeue)
             raise
+
+    def _release_slot(self, delivery: Delivery) -> None:
+        """Give back the thread slot taken for ``delivery``, if one was."""
+        if delivery in self._prepaid:
+            self._prepaid.discard(delivery)
+            assert self._pool is not None
+            self._pool.give()
 
     async def _process_loop(self, handoff: _Handoff) -> None:
         while True:
@@ -321,6 +343,7 @@ class Worker:
                 handed: Delivery | None = getattr(exc, "delivery", None)
                 if handed is not None:
                     with anyio.CancelScope(shield=True):
+                        self._release_slot(handed)
                         await self._settle_quietly(handed.requeue)
                 raise
             if delivery is None:
@@ -336,6 +359,37 @@ class Worker:
     # -- processing: lookup → convert → run the stack → settle --------------
 
     async def _handle(self, delivery: Delivery) -> None:
+        try:
+            await self._process(delivery)
+        finally:
+            self._release_slot(delivery)
+
+    async def _take_thread(self, delivery: Delivery) -> bool:
+        """Wait for a thread slot for a sync actor's message; False when stopped first.
+
+        Waiting counts as not started: a graceful stop cancels the wait and
+        the message goes back to its queue at once.
+        """
+        if delivery in self._prepaid:
+            return True
+        assert self._pool is not None
+        with anyio.CancelScope() as waiting:
+            self._slot_waits.add(waiting)
+            try:
+                await self._pool.take()
+            except anyio.get_cancelled_exc_class():
+                with anyio.CancelScope(shield=True):
+                    await self._settle_quietly(delivery.requeue)
+                raise
+            finally:
+                self._slot_waits.discard(waiting)
+            self._prepaid.add(delivery)
+            return True
+        with anyio.CancelScope(shield=True):
+            await self._settle_quietly(delivery.requeue)
+        return False
+
+    async def _process(self, delivery: Delivery) -> None:
         message = delivery.message
         actor = self.broker.get_actor(message.actor)
         if actor is None:
@@ -361,6 +415,8 @@ class Worker:
             )
             return
         ctx = Context(self, delivery, actor, args, kwargs)
+        if not actor.is_async and not await self._take_thread(delivery):
+            return
         try:
             ctx.result = await self._stack(ctx)
         except anyio.get_cancelled_exc_class():
@@ -389,15 +445,13 @@ class Worker:
         actor = ctx.actor
         if actor.is_async:
             return await actor.fn(*ctx.args, **ctx.kwargs)
-        call = _ThreadCall(actor.fn, ctx.args, ctx.kwargs)
+        assert self._pool is not None
+        call = ThreadCall(actor.fn, ctx.args, ctx.kwargs)
+        limit, grace = ctx.state.get(THREAD_LIMITS, (None, STUCK_GRACE))
         ctx.interrupt = call.interrupt
-        self._running.add(call)
         try:
-            return await anyio.to_thread.run_sync(
-                call.run, limiter=self._limiter, abandon_on_cancel=True
-            )
+            return await self._pool.run(call, actor.name, limit, grace)
         finally:
-            self._running.discard(call)
             ctx.interrupt = None
 
     async def _settle_quietly(self, settle: Callable[..., Any], *args: Any) -> None:

@@ -12,8 +12,13 @@ that no actor of the loaded modules is declared on.
 application and connects to its broker: the supervisor's check before it
 starts any worker. It prints what went wrong as one line and exits 2.
 
+A child whose sync actor is stuck in a call past its time limit and grace
+(see :mod:`taskflow._threads`) stops gracefully and exits with status 4, so
+that its supervisor replaces it with a process whose threads are all free.
+
 Exit status: 0 after a graceful stop, 2 when the broker cannot be loaded, 3
-when its server cannot be reached, 1 when the worker crashed.
+when its server cannot be reached, 4 after a recycle for a stuck sync actor,
+1 when the worker crashed.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from taskflow.worker import Worker
 logger = logging.getLogger("taskflow.cli.child")
 
 PARENT_CHECK_INTERVAL = 1.0
+RECYCLED = 4
 STUCK_THREAD_GRACE = 1.0
 
 
@@ -134,7 +140,7 @@ async def serve(broker: Broker, config: WorkerConfig, signals: StopSignals) -> i
         signals.detach()
         with anyio.CancelScope(shield=True):
             await broker.close()
-    return 0
+    return RECYCLED if worker.stuck_threads else 0
 
 
 def _exit(status: int) -> NoReturn:
@@ -161,7 +167,7 @@ async def _run_until_stopped(worker: Worker, signals: StopSignals) -> None:
     async with anyio.create_task_group() as tg:
         # A SIGTERM received while starting is handed over now, and stops the worker at once.
         signals.attach(lambda signum, arrival: _on_sigterm(worker, arrival))
-        tg.start_soon(_stop_when_orphaned, worker, os.getppid())
+        tg.start_soon(_watch, worker, os.getppid())
         await worker.run()
         tg.cancel_scope.cancel()
 
@@ -186,8 +192,16 @@ def _report(exc: Exception) -> int:
     return 1
 
 
-async def _stop_when_orphaned(worker: Worker, parent: int) -> None:
+async def _watch(worker: Worker, parent: int) -> None:
+    """Stop when the parent is gone, or when a sync actor got stuck (to be replaced)."""
     while os.getppid() == parent:
+        if worker.stuck_threads:
+            logger.error(
+                "a sync actor is stuck in a call past its time limit; "
+                "stopping so that this worker process is replaced"
+            )
+            worker.stop()
+            return
         await anyio.sleep(PARENT_CHECK_INTERVAL)
     logger.warning("parent process %d is gone; stopping", parent)
     worker.stop()

@@ -6,6 +6,7 @@ import asyncio
 import math
 from typing import Any
 
+from taskflow._threads import STUCK_GRACE, THREAD_LIMITS
 from taskflow.broker import seconds
 from taskflow.errors import TimeLimitExceeded
 from taskflow.middleware.base import CallNext, Context, Middleware
@@ -80,18 +81,27 @@ class TimeLimit(Middleware):
     """Fail actors that run longer than ``time_limit`` seconds with ``TimeLimitExceeded``.
 
     Async actors are cancelled at the limit. Sync actors cannot be cancelled,
-    so ``TimeLimitExceeded`` is raised asynchronously inside their thread; it
-    takes effect at the thread's next Python instruction (a call blocked in C
-    finishes first). Either way it counts as a failure and is retried.
+    so ``TimeLimitExceeded`` is raised asynchronously inside their thread; its
+    clock starts when the thread starts the call (not while the message waits
+    for a thread) and it takes effect at the thread's next Python instruction.
+    A call blocked in C code that is still running ``stuck_grace`` seconds
+    after its limit is given up: the message fails with ``TimeLimitExceeded``
+    and the thread is abandoned (see :mod:`taskflow._threads`; ``taskflow
+    worker`` then replaces the process). Either way it counts as a failure
+    and is retried.
 
     Args:
         time_limit: Default for actors that set none; ``None`` means no limit.
+        stuck_grace: Seconds past the limit after which a sync call is given up.
     """
 
     actor_options = frozenset({"time_limit"})
 
-    def __init__(self, *, time_limit: float | None = DEFAULT_TIME_LIMIT) -> None:
+    def __init__(
+        self, *, time_limit: float | None = DEFAULT_TIME_LIMIT, stuck_grace: float = STUCK_GRACE
+    ) -> None:
         self.time_limit = time_limit
+        self.stuck_grace = stuck_grace
         self._deadlines = _Deadlines()
 
     async def process(self, ctx: Context, call_next: CallNext) -> Any:
@@ -101,7 +111,9 @@ class TimeLimit(Middleware):
             return await call_next(ctx)
         limit = seconds(limit)
         if not ctx.actor.is_async:
-            return await self._limit_thread(ctx, call_next, limit)
+            # The worker arms the limit when a thread starts the call.
+            ctx.state[THREAD_LIMITS] = (limit, self.stuck_grace)
+            return await call_next(ctx)
         # Cancelled at the deadline, told apart from a cancellation from outside
         # (shutdown) the way asyncio.timeout() does it, by the task's cancel count.
         deadline = self._deadlines.add(limit)
@@ -121,14 +133,3 @@ class TimeLimit(Middleware):
             self._deadlines.discard(deadline)
             if deadline.expired and not deadline.uncancelled:
                 task.uncancel()  # the actor swallowed the cancellation
-
-    async def _limit_thread(self, ctx: Context, call_next: CallNext, limit: float) -> Any:
-        def expire() -> None:
-            if ctx.interrupt is not None:
-                ctx.interrupt(TimeLimitExceeded)
-
-        handle = asyncio.get_running_loop().call_later(limit, expire)
-        try:
-            return await call_next(ctx)
-        finally:
-            handle.cancel()
