@@ -53,6 +53,7 @@ logger = logging.getLogger("taskflow.middleware.rate_limits")
 DEFAULT_MIN_DELAY = 0.1
 DEFAULT_MAX_DELAY = 5.0
 _MAX_KEYS = 10_000
+_OVERSUBSCRIBE = 1.5
 
 
 class _Pacer:
@@ -60,7 +61,8 @@ class _Pacer:
 
     Two things set the delay. A waiting line: deferred messages of a key
     are spread out by the time one unit of room takes to come free (how
-    long this process's holders hold, divided by the limit; a window or
+    long this process's holders hold, divided by the limit and by 1.5, so
+    that a few more come back than fit and room never waits; a window or
     bucket divided by its limit), so they come back about as fast as room
     appears instead of all at once. And a floor that grows while the key
     stays full: half the time since this process last saw room on it. Both
@@ -86,7 +88,9 @@ class _Pacer:
 
     def _spacing(self, key: str, limiter: RateLimiter | None) -> float:
         if isinstance(limiter, ConcurrentRateLimiter):
-            return self._hold.get(key, self.min_delay) / limiter.limit
+            # Until a hold was measured, no line: all come back after min_delay,
+            # by when one has (a guess here would space a whole backlog wrongly).
+            return self._hold.get(key, 0.0) / limiter.limit / _OVERSUBSCRIBE
         if isinstance(limiter, WindowRateLimiter):
             return limiter.window / limiter.limit
         if isinstance(limiter, BucketRateLimiter):
@@ -102,7 +106,8 @@ class _Pacer:
         key, now = exc.key, time.monotonic()
         start = now + (exc.retry_after or 0.0)
         tail = max(self._tail.get(key, now), start) + self._spacing(key, exc.limiter)
-        self._tail[key] = tail
+        # Past max_delay the line folds onto it, so a drained backlog leaves no long tail.
+        tail = self._tail[key] = min(tail, now + self.max_delay)
         floor = 0.5 * (now - self._room.setdefault(key, now))
         delay = min(max(tail - now, floor, self.min_delay), self.max_delay)
         return min(delay * random.uniform(0.8, 1.2), self.max_delay)

@@ -14,8 +14,11 @@ Keys, under ``<namespace>:ratelimit:``:
   arrival; waiters block in ``BLMOVE`` from it to itself, so one push wakes
   every waiter, as in :mod:`taskflow.results.redis`).
 
-Each operation is one ``EVALSHA`` round trip (redis-py loads the script on
-first use). Sync actors use a blocking client with the same settings.
+Taking, giving back and counting go through one script, ``OPERATIONS``;
+operations that many messages start at once are sent together, in one
+``EVALSHA`` round trip (``_batch``), and a lone one is a round trip of its
+own. Its keys travel in ``ARGV``, so the script is not for Redis Cluster.
+Sync actors use a blocking client with the same settings.
 """
 
 from __future__ import annotations
@@ -30,44 +33,57 @@ from redis.exceptions import RedisError
 from taskflow._urls import mask_url
 from taskflow.errors import BrokerUnavailable
 from taskflow.rate_limits.backends import RateLimitBackend
+from taskflow.rate_limits.backends._batch import Coalescer
 
 _NOW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# KEYS: the set. ARGV: holder, limit, ttl ms. Returns -1 when taken, else
-# the ms until the earliest member expires.
-TAKE = (
+# ARGV: operations, five values each: op, key, holder, limit, ms. Ops: t =
+# take a slot or a window event (ms: ttl or window), b = count in a bucket
+# (ms: the bucket), r = release a slot. Returns one integer per operation:
+# -1 when taken (or released), else the ms until there may be room.
+OPERATIONS = (
     _NOW
     + """
-local key, holder, limit = KEYS[1], ARGV[1], tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-if not redis.call('ZSCORE', key, holder) and redis.call('ZCARD', key) >= limit then
-  local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-  return math.max(tonumber(first[2]) - now, 0)
+local function take(key, holder, limit, ms)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  if not redis.call('ZSCORE', key, holder) and redis.call('ZCARD', key) >= limit then
+    local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    return math.max(tonumber(first[2]) - now, 0)
+  end
+  redis.call('ZADD', key, now + ms, holder)
+  local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+  redis.call('PEXPIREAT', key, last[2])
+  return -1
 end
-redis.call('ZADD', key, now + tonumber(ARGV[3]), holder)
-local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
-redis.call('PEXPIREAT', key, last[2])
-return -1
-"""
-)
 
-# KEYS: the hash. ARGV: limit, bucket ms. Returns -1 when counted, else the
-# ms until the next bucket.
-BUCKET = (
-    _NOW
-    + """
-local key, limit, size = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])
-local number = math.floor(now / size)
-local cur = redis.call('HMGET', key, 'b', 'n')
-local used = 0
-if tonumber(cur[1]) == number then used = tonumber(cur[2]) end
-if used >= limit then return (number + 1) * size - now end
-redis.call('HSET', key, 'b', number, 'n', used + 1)
-redis.call('PEXPIREAT', key, (number + 1) * size)
-return -1
+local function bucket(key, limit, size)
+  local number = math.floor(now / size)
+  local cur = redis.call('HMGET', key, 'b', 'n')
+  local used = 0
+  if tonumber(cur[1]) == number then used = tonumber(cur[2]) end
+  if used >= limit then return (number + 1) * size - now end
+  redis.call('HSET', key, 'b', number, 'n', used + 1)
+  redis.call('PEXPIREAT', key, (number + 1) * size)
+  return -1
+end
+
+local out = {}
+for i = 1, #ARGV, 5 do
+  local op, key = ARGV[i], ARGV[i + 1]
+  local limit, ms = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
+  if op == 't' then
+    out[#out + 1] = take(key, ARGV[i + 2], limit, ms)
+  elseif op == 'b' then
+    out[#out + 1] = bucket(key, limit, ms)
+  else
+    redis.call('ZREM', key, ARGV[i + 2])
+    out[#out + 1] = -1
+  end
+end
+return out
 """
 )
 
@@ -102,7 +118,9 @@ _CARRIED = (
     "socket_connect_timeout",
 )
 
-_SCRIPTS = {"take": TAKE, "bucket": BUCKET, "create": BARRIER_CREATE, "arrive": BARRIER_ARRIVE}
+_SCRIPTS = {"operations": OPERATIONS, "create": BARRIER_CREATE, "arrive": BARRIER_ARRIVE}
+
+Operation = tuple[str, str, str, int, int]
 
 #: Longest single blocking call while waiting on a barrier, under the socket timeout.
 _BLOCK = 2.0
@@ -112,7 +130,7 @@ def _ms(value: float) -> int:
     return max(int(value * 1000), 1)
 
 
-def _hint(reply: Any) -> float | None:
+def _hint(reply: int) -> float | None:
     return None if int(reply) < 0 else int(reply) / 1000
 
 
@@ -154,6 +172,7 @@ class RedisBackend(RateLimitBackend):
                 self._sync = url
         self._scripts: dict[str, Any] = {}
         self._sync_scripts: dict[str, Any] = {}
+        self._batch: Coalescer[Operation] = Coalescer(self._flush)
 
     def __repr__(self) -> str:
         return f"RedisBackend({mask_url(self.url)!r}, namespace={self.namespace!r})"
@@ -239,47 +258,53 @@ class RedisBackend(RateLimitBackend):
 
     # -- operations -----------------------------------------------------------
 
+    async def _flush(self, operations: list[Operation]) -> list[int]:
+        args = [value for operation in operations for value in operation]
+        return [int(reply) for reply in await self._eval("operations", [], args)]
+
+    async def _apply(self, operation: Operation) -> float | None:
+        return _hint(await self._batch.submit(operation))
+
+    def _apply_sync(self, operation: Operation) -> float | None:
+        [reply] = self._eval_sync("operations", [], list(operation))
+        return _hint(reply)
+
+    def _hold(self, key: str, holder: str, limit: int, ttl: float) -> Operation:
+        return ("t", self._key("c", key), holder, limit, _ms(ttl))
+
     async def hold(self, key: str, holder: str, limit: int, ttl: float) -> float | None:
         """Take a slot; see :meth:`RateLimitBackend.hold`."""
-        reply = await self._eval("take", [self._key("c", key)], [holder, limit, _ms(ttl)])
-        return None if int(reply) < 0 else 0.0  # when a holder finishes is unknown
+        got = await self._apply(self._hold(key, holder, limit, ttl))
+        return None if got is None else 0.0  # when a holder finishes is unknown
 
     def hold_sync(self, key: str, holder: str, limit: int, ttl: float) -> float | None:
         """Take a slot; see :meth:`RateLimitBackend.hold`."""
-        reply = self._eval_sync("take", [self._key("c", key)], [holder, limit, _ms(ttl)])
-        return None if int(reply) < 0 else 0.0
+        got = self._apply_sync(self._hold(key, holder, limit, ttl))
+        return None if got is None else 0.0
 
     async def release(self, key: str, holder: str) -> None:
         """Give a slot back; see :meth:`RateLimitBackend.release`."""
-        try:
-            await self.client.zrem(self._key("c", key), holder)
-        except RedisError as exc:
-            raise self._error(exc) from exc
+        await self._apply(("r", self._key("c", key), holder, 0, 0))
 
     def release_sync(self, key: str, holder: str) -> None:
         """Give a slot back; see :meth:`RateLimitBackend.release`."""
-        try:
-            self.sync_client.zrem(self._key("c", key), holder)
-        except RedisError as exc:
-            raise self._error(exc) from exc
+        self._apply_sync(("r", self._key("c", key), holder, 0, 0))
 
     async def hit_window(self, key: str, holder: str, limit: int, window: float) -> float | None:
         """Record an event in a sliding window; see :meth:`RateLimitBackend.hit_window`."""
-        args = [holder, limit, _ms(window)]
-        return _hint(await self._eval("take", [self._key("w", key)], args))
+        return await self._apply(("t", self._key("w", key), holder, limit, _ms(window)))
 
     def hit_window_sync(self, key: str, holder: str, limit: int, window: float) -> float | None:
         """Record an event in a sliding window; see :meth:`RateLimitBackend.hit_window`."""
-        args = [holder, limit, _ms(window)]
-        return _hint(self._eval_sync("take", [self._key("w", key)], args))
+        return self._apply_sync(("t", self._key("w", key), holder, limit, _ms(window)))
 
     async def hit_bucket(self, key: str, limit: int, bucket: float) -> float | None:
         """Count an event in a fixed bucket; see :meth:`RateLimitBackend.hit_bucket`."""
-        return _hint(await self._eval("bucket", [self._key("b", key)], [limit, _ms(bucket)]))
+        return await self._apply(("b", self._key("b", key), "", limit, _ms(bucket)))
 
     def hit_bucket_sync(self, key: str, limit: int, bucket: float) -> float | None:
         """Count an event in a fixed bucket; see :meth:`RateLimitBackend.hit_bucket`."""
-        return _hint(self._eval_sync("bucket", [self._key("b", key)], [limit, _ms(bucket)]))
+        return self._apply_sync(("b", self._key("b", key), "", limit, _ms(bucket)))
 
     def _barrier_keys(self, key: str) -> list[str]:
         hash_key = self._key("barrier", key)

@@ -7,7 +7,8 @@ IMMEDIATE`` transaction, so several processes on one host never both take
 the last slot; times are read by SQLite inside the transaction.
 
 Calls run in a thread (``anyio.to_thread``) for async callers and directly
-for sync ones, one at a time on one connection. Waiting on a barrier polls
+for sync ones, one at a time on one connection; async operations started
+together share one transaction (``_batch``). Waiting on a barrier polls
 the row with a backoff from 5 ms up to ``poll_interval``.
 """
 
@@ -24,11 +25,13 @@ import anyio
 
 from taskflow.errors import BrokerError, BrokerUnavailable
 from taskflow.rate_limits.backends import RateLimitBackend
+from taskflow.rate_limits.backends._batch import Coalescer
 
 if TYPE_CHECKING:
     from taskflow.broker import Broker
 
 T = TypeVar("T")
+Step = Callable[[sqlite3.Connection, float], Any]
 
 _TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,40}$")
 _NOW = "(julianday('now') - 2440587.5) * 86400.0"
@@ -65,6 +68,7 @@ class SQLiteBackend(RateLimitBackend):
         self.poll_interval = poll_interval
         self._db: sqlite3.Connection | None = None
         self._lock = threading.Lock()
+        self._batch: Coalescer[Step] = Coalescer(self._flush)
 
     def __repr__(self) -> str:
         return f"SQLiteBackend({str(self.path)!r}, table={self.table!r})"
@@ -127,7 +131,14 @@ class SQLiteBackend(RateLimitBackend):
                 raise BrokerError(f"rate limits in {self.path}: {exc}") from exc
 
     async def _run(self, fn: Callable[[sqlite3.Connection, float], T]) -> T:
-        return await anyio.to_thread.run_sync(self._transaction, fn)
+        result: T = await self._batch.submit(fn)
+        return result
+
+    async def _flush(self, fns: list[Step]) -> list[Any]:
+        def steps(db: sqlite3.Connection, now: float) -> list[Any]:
+            return [fn(db, now) for fn in fns]
+
+        return await anyio.to_thread.run_sync(self._transaction, steps)
 
     async def close(self) -> None:
         """Close the connection; the next operation opens it again."""
