@@ -11,6 +11,9 @@ build the broker from the environment:
   ``<message id> <delivery count> <pid> <event> <unix time>`` to
   ``<dir>/<pid>.log`` (a file per process, written with O_APPEND, outside the
   system under test).
+* ``TASKFLOW_REDIS_LEDGER``: ``<redis url> <hash key>``, for :func:`tally`,
+  which counts runs per message id in a Redis hash (one awaited Redis call
+  per job, as real jobs make).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ URL_ENV = "TASKFLOW_AMQP_URL"
 PREFIX_ENV = "TASKFLOW_AMQP_PREFIX"
 OPTIONS_ENV = "TASKFLOW_AMQP_OPTIONS"
 LEDGER_ENV = "TASKFLOW_LEDGER"
+REDIS_LEDGER_ENV = "TASKFLOW_REDIS_LEDGER"
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
 
@@ -98,6 +102,31 @@ async def record(ms: int = 0) -> None:
     if ms:
         await anyio.sleep(ms / 1000)
     ledger("done")
+
+
+_redis: Any = None
+
+
+def _redis_ledger() -> tuple[Any, str]:
+    global _redis
+    url, key = os.environ[REDIS_LEDGER_ENV].split(" ")
+    if _redis is None:
+        import redis.asyncio as aioredis
+
+        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=64, timeout=30)
+        _redis = aioredis.Redis(connection_pool=pool)
+    return _redis, key
+
+
+@broker.actor(queue="work", max_retries=0, time_limit=None)
+async def tally(ms: int = 0) -> None:
+    """Sleep ``ms`` milliseconds, then count this run in the Redis ledger."""
+    message = current_message()
+    assert message is not None
+    if ms:
+        await anyio.sleep(ms / 1000)
+    client, key = _redis_ledger()
+    await client.hincrby(key, message.id, 1)
 
 
 @broker.actor(queue="work", max_retries=0, time_limit=None)
@@ -247,3 +276,61 @@ async def _delete(url: str, prefix: str, queues: set[str], exchanges: bool) -> N
             await cleaner.delete_queue(queue)
         if exchanges:
             await cleaner.delete_exchanges()
+
+
+# -- the server's own log -------------------------------------------------------
+
+
+def server_log_path() -> Path:
+    """The log file of the local RabbitMQ node (``rabbitmq-diagnostics log_location``)."""
+    out = subprocess.run(
+        ["rabbitmq-diagnostics", "-q", "log_location"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    ).stdout
+    for line in out.splitlines():
+        if line.strip().endswith(".log") and Path(line.strip()).exists():
+            return Path(line.strip())
+    found = sorted(Path("/var/log/rabbitmq").glob("rabbit@*.log"))
+    found = [p for p in found if not p.name.endswith("_upgrade.log")]
+    if not found:
+        raise RuntimeError("cannot find the RabbitMQ node's log file")
+    return found[0]
+
+
+class ServerLog:
+    """What the RabbitMQ node logs from now on, read back per connection name.
+
+    RabbitMQ logs a channel exception as ``Channel error on connection <pid>
+    ...`` followed by the operation and the error; the connection's
+    client-provided name, logged when it opened, says whose it was, so
+    other test runs on the shared node are told apart.
+    """
+
+    def __init__(self) -> None:
+        self.path = server_log_path()
+        self.offset = self.path.stat().st_size
+
+    def text(self) -> str:
+        """Everything logged since this object was made."""
+        with self.path.open("rb") as f:
+            f.seek(self.offset)
+            return f.read().decode(errors="replace")
+
+    def channel_errors(self, marker: str) -> list[str]:
+        """Channel exceptions on connections whose name contains ``marker``."""
+        names: dict[str, str] = {}
+        errors: list[str] = []
+        lines = self.text().splitlines()
+        for i, line in enumerate(lines):
+            if "has a client-provided name:" in line:
+                pid = line.split("connection ", 1)[1].split(" ", 1)[0]
+                names[pid] = line.rsplit("has a client-provided name: ", 1)[1]
+            elif "Channel error on connection" in line:
+                pid = line.split("Channel error on connection ", 1)[1].split(" ", 1)[0]
+                detail = lines[i + 1] if i + 1 < len(lines) else ""
+                if marker in names.get(pid, ""):
+                    errors.append(detail.split("] ", 1)[-1])
+        return errors

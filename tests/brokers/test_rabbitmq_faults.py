@@ -25,6 +25,7 @@ from typing import Any
 import aio_pika
 import anyio
 import pytest
+import redis
 
 from taskflow import BrokerUnavailable, Message
 from taskflow.broker import Envelope
@@ -32,6 +33,7 @@ from taskflow.brokers.rabbitmq import RabbitMQBroker
 from tests.apps import rabbitmq_app as app
 from tests.apps.rabbitmq_app import (
     Row,
+    ServerLog,
     close_connections,
     delete_queues,
     rabbitmqctl,
@@ -110,12 +112,18 @@ class Scenario:
             url, prefix=self.prefix, connection_name=f"taskflow-test {self.prefix} producer"
         )
 
-    def worker(self, *args: str, options: dict[str, Any] | None = None) -> WorkerProcess:
+    def worker(
+        self,
+        *args: str,
+        options: dict[str, Any] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> WorkerProcess:
         env = {
             app.URL_ENV: self.url,
             app.PREFIX_ENV: self.prefix,
             app.OPTIONS_ENV: json.dumps({**self.options, **(options or {})}),
             app.LEDGER_ENV: str(self.ledger),
+            **(env or {}),
         }
         log = self.tmp_path / f"worker-{len(self.workers)}.log"
         worker = WorkerProcess(log, env, *args)
@@ -190,6 +198,71 @@ def by_id(rows: list[Row], event: str) -> dict[str, list[Row]]:
         if r.event == event:
             out.setdefault(r.id, []).append(r)
     return out
+
+
+# -- S24: no fault at all, high volume ------------------------------------------------
+
+
+@pytest.fixture
+def redis_ledger(redis_url: str) -> Iterator[tuple[str, str]]:
+    """A Redis hash (on the test Redis, not faulted) counting runs per message id."""
+    key = f"tf-test-ledger-{uuid.uuid4().hex}"
+    yield redis_url, key
+    client = redis.Redis.from_url(redis_url)
+    client.delete(key)
+    client.close()
+
+
+def tallies(ledger: tuple[str, str]) -> Counter[str]:
+    client = redis.Redis.from_url(ledger[0])
+    try:
+        raw: dict[bytes, bytes] = client.hgetall(ledger[1])  # type: ignore[assignment]
+        return Counter({k.decode(): int(v) for k, v in raw.items()})
+    finally:
+        client.close()
+
+
+async def _drain_exactly_once(
+    scenario: Scenario,
+    ledger: tuple[str, str],
+    count: int,
+    ms: int,
+    *args: str,
+    timeout: float = 40,
+) -> None:
+    server_log = ServerLog()
+    messages = [app.tally.message(ms) for _ in range(count)]
+    ids = {m.id for m in messages}
+    for start in range(0, count, 1000):  # a backlog before the worker starts
+        await scenario.send(messages[start : start + 1000])
+    worker = scenario.worker(*args, env={app.REDIS_LEDGER_ENV: " ".join(ledger)})
+
+    def all_ran() -> bool:
+        return len(tallies(ledger)) >= count
+
+    await scenario.until(all_ran, timeout, "every message ran")
+    await scenario.producer.join(QUEUE, timeout=10)
+    runs = tallies(ledger)
+    assert set(runs) == ids  # lost = 0
+    twice = sum(runs.values()) - count
+    assert twice == 0, f"{twice} extra runs over {count} messages"
+    # RabbitMQ closes a channel on an ack it cannot match (`unknown delivery
+    # tag`) and redelivers all it held: none of that happened.
+    assert server_log.channel_errors(scenario.prefix) == []
+    assert "lost the connection" not in worker.log()
+    assert await scenario.producer.stats(QUEUE) == (0, 0, 0, 0)
+
+
+async def test_noop_messages_run_exactly_once_at_concurrency_100(
+    scenario: Scenario, redis_ledger: tuple[str, str]
+) -> None:
+    await _drain_exactly_once(scenario, redis_ledger, 20_000, 0, "--concurrency", "100")
+
+
+async def test_io_bound_messages_run_exactly_once_at_concurrency_1000(
+    scenario: Scenario, redis_ledger: tuple[str, str]
+) -> None:
+    await _drain_exactly_once(scenario, redis_ledger, 5_000, 50, "--concurrency", "1000")
 
 
 # -- S3: kill -9 mid-task ---------------------------------------------------------------

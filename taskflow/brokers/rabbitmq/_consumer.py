@@ -20,6 +20,7 @@ from aiormq.exceptions import (
 )
 
 from taskflow.broker import DeadRecord, Receipt
+from taskflow.brokers.rabbitmq._acks import ChannelAcks
 from taskflow.errors import BrokerError, LeaseLost
 
 if TYPE_CHECKING:
@@ -93,54 +94,6 @@ def dead_record(got: DeliveredMessage) -> DeadRecord:
     return DeadRecord(properties.message_id or "", got.body, str(reason), dead_at_unix)
 
 
-class _Acks:
-    """Unsettled delivery tags of one AMQP channel, and acks waiting to be sent.
-
-    Acks are sent once per event-loop turn: every waiting tag below the
-    lowest tag still in progress goes out as one ``multiple`` ack, the rest
-    one by one. That saves a frame and a system call per message.
-    """
-
-    __slots__ = ("channel", "delivered", "order", "pending")
-
-    def __init__(self, channel: AbstractChannel) -> None:
-        self.channel = channel
-        self.delivered: set[int] = set()  # unsettled
-        self.order: deque[int] = deque()  # delivered tags, ascending (lazily pruned)
-        self.pending: set[int] = set()
-
-    def add(self, tag: int) -> None:
-        self.delivered.add(tag)
-        self.order.append(tag)
-
-    def discard(self, tag: int) -> None:
-        self.delivered.discard(tag)
-
-    def floor(self) -> int | None:
-        """The lowest delivery tag still unsettled."""
-        order, delivered = self.order, self.delivered
-        while order and order[0] not in delivered:
-            order.popleft()
-        return order[0] if order else None
-
-    async def flush(self) -> None:
-        pending, self.pending = self.pending, set()
-        if not pending or self.channel.is_closed:
-            return
-        self.delivered -= pending
-        floor = self.floor()
-        below = [t for t in pending if floor is None or t < floor]
-        try:
-            frames = [(max(below), len(below) > 1)] if below else []
-            frames += [(tag, False) for tag in sorted(pending.difference(below))]
-            for i, (tag, multiple) in enumerate(frames):
-                # Wait for the last frame to be written, so an ack that
-                # returned reached the socket even if the process dies next.
-                await self.channel.basic_ack(tag, multiple=multiple, wait=i == len(frames) - 1)
-        except _SETTLE_ERRORS:
-            pass  # the channel closed: RabbitMQ requeues what was not acked
-
-
 class Consumer:
     """``basic.consume`` on a robust channel of its own, with its prefetch buffer.
 
@@ -186,8 +139,7 @@ class Consumer:
         self.outstanding = 0  # handed out, not settled
         self.generations = 0
         self.stopped = False
-        self._acks: dict[int, _Acks] = {}
-        self._flushing: asyncio.Task[None] | None = None
+        self._acks: dict[int, ChannelAcks] = {}
         self._acked_tags: set[str] = set()  # consumers an ack went out for
         self._renewed = asyncio.Event()
         self._renewed.set()
@@ -277,12 +229,12 @@ class Consumer:
             del self.unsettled[tag]
         self.broker.release(self.queue, message)
 
-    def _tracker(self, channel: AbstractChannel) -> _Acks:
+    def _tracker(self, channel: AbstractChannel) -> ChannelAcks:
         acks = self._acks.get(id(channel))
         if acks is None or acks.channel is not channel:
             for key in [k for k, a in self._acks.items() if a.channel.is_closed]:
                 del self._acks[key]
-            acks = self._acks[id(channel)] = _Acks(channel)
+            acks = self._acks[id(channel)] = ChannelAcks(channel)
         return acks
 
     async def ack(self, message: DeliveredMessage) -> None:
@@ -291,38 +243,29 @@ class Consumer:
         Returns once the ack is written to the connection.
 
         Raises:
-            ChannelInvalidStateError: The delivery's channel has closed.
+            ChannelInvalidStateError: The delivery's channel has closed (before
+                or while the ack was written), or it was settled already.
         """
         if message.channel.is_closed:
             raise ChannelInvalidStateError("the delivery's channel has closed")
         if not self._renewed.is_set():
             await self._renewed.wait()
+        written = self._tracker(message.channel).settle(message.delivery_tag or 0)
         self._acked_tags.add(message.consumer_tag or "")
-        self._tracker(message.channel).pending.add(message.delivery_tag or 0)
-        task = self._flushing
-        if task is None:
-            task = self._flushing = asyncio.get_running_loop().create_task(self._flush())
-            _BACKGROUND.add(task)
-            task.add_done_callback(_BACKGROUND.discard)
-        await asyncio.shield(task)
-
-    async def _flush(self) -> None:
-        self._flushing = None
-        for acks in list(self._acks.values()):
-            await acks.flush()
+        await asyncio.shield(written)
 
     async def flush(self) -> None:
-        """Send the acks waiting for this event-loop turn now."""
-        task = self._flushing
-        if task is not None:
-            await asyncio.shield(task)
+        """Wait until every settlement asked for so far is written."""
+        for acks in list(self._acks.values()):
+            await acks.drain()
 
     async def requeue_now(self, message: DeliveredMessage) -> None:
         """Give ``message`` back to RabbitMQ at once (it counts as a redelivery)."""
         try:
-            channel = message.channel
-            self._tracker(channel).discard(message.delivery_tag or 0)
-            await channel.basic_nack(message.delivery_tag or 0, requeue=True, wait=False)
+            written = self._tracker(message.channel).settle(message.delivery_tag or 0, requeue=True)
+            # A nack gives the consumer credit, as an ack does.
+            self._acked_tags.add(message.consumer_tag or "")
+            await asyncio.shield(written)
         except _SETTLE_ERRORS:
             pass
 
