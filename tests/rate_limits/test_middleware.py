@@ -280,11 +280,12 @@ def test_deferral_delays_spread_grow_while_full_and_are_capped(
 
     # The first deferral is short, about 0.1 s.
     assert 0.08 <= full() <= 0.12
-    # Messages deferred together are spread out: holds of 1 s, limit 2 → 0.5 s apart.
+    # Messages deferred together are spread out: holds of 1 s, limit 2 → 0.5 s
+    # apart, less a third so that a few more come back than fit.
     pacer.held("k", 1.0)
     line = [full() for _ in range(6)]
-    assert line == sorted(line) or max(line) - min(line) > 1.0
-    assert max(line) >= 2.0
+    assert max(line) - min(line) > 0.8
+    assert 1.5 <= max(line) <= 2.5
     # While the key stays full the delay grows, and never passes 5 s.
     clock[0] += 60
     assert full() >= 4.0
