@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -194,8 +195,12 @@ def delete_namespace(url: str, namespace: str) -> None:
 
 
 def free_port(low: int = 6300, high: int = 6400) -> int:
-    """A loopback TCP port in ``[low, high)`` that nothing listens on right now."""
-    for port in range(low, high):
+    """A loopback TCP port in ``[low, high)`` that nothing listens on right now.
+
+    Tried in random order: tests that stop a server and start it again on
+    its port must not find another run's new server there in between.
+    """
+    for port in random.sample(range(low, high), high - low):
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))

@@ -185,6 +185,7 @@ class RedisBroker(Broker):
         self._keeper: Keeper | None = None
         self._consumer_id = ""
         self._fetches = 0
+        self._settles = 0
         self._producer_outage = self._outage("producer")
 
     def __repr__(self) -> str:
@@ -517,24 +518,17 @@ class RedisBroker(Broker):
     async def _settle(self, q: _Queue, items: Sequence[Item]) -> list[int]:
         """Apply settlements in one script call, repeating it while Redis is unreachable.
 
-        A repeat cannot tell "applied by the attempt whose reply was lost" from
-        "taken back meanwhile" when the message is no longer leased to anyone,
-        so after a connection error those count as applied.
+        A repeat after a lost reply must not read the batch's own work as
+        "not owned" (silently, or as a lease lost that was not): the script
+        keeps its answer under a receipt key for longer than the repeats can
+        last, and a repeat gets that answer back.
         """
-        args = [_scripts.pack(items)]
-        attempts = 0
-
-        async def call() -> list[int]:
-            nonlocal attempts
-            attempts += 1
-            return await self._script("settle", q.keys, args)  # type: ignore[no-any-return]
-
-        results = await self._retrying("settling", call, q.outage)
-        if attempts > 1:
-            results = [
-                _scripts.APPLIED if r in (_scripts.NOT_OWNED, _scripts.GONE) else r for r in results
-            ]
-        return results
+        self._settles += 1
+        keys = [*q.keys, self._keys.receipt(q.name, f"{self._consumer_id}:{self._settles}")]
+        args = [_scripts.pack(items), _ms(self.send_timeout) + 60_000]
+        return await self._retrying(
+            "settling", lambda: self._script("settle", keys, args), q.outage
+        )
 
 
 class _Queue:

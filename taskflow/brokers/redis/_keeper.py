@@ -11,10 +11,12 @@ of workers, maintenance runs at least once per ``reaper_interval`` and at most
 twice, and a dead worker's messages are back within ``visibility_timeout``
 plus one ``reaper_interval``, on an idle queue too.
 
-Only the reaper takes leases back, and after an outage of the server it waits
-one heartbeat (plus half an interval) before doing so: while Redis was
-unreachable no one could renew, so right after it returns every lease may
-look expired, and only a dead worker's should be treated so.
+Only the reaper takes leases back, and after an outage of the server (down,
+or full and refusing writes) it waits one whole lease before doing so: while
+Redis was unreachable no one could renew, so right after it returns every
+lease may look expired, and only a dead worker's should be treated so. Every
+live worker's keeper retries at least every half heartbeat, so a lease's time
+is ample for all of them to renew, on a loaded machine too.
 """
 
 from __future__ import annotations
@@ -212,7 +214,8 @@ class Keeper:
             client.ping()
             self._renew(renew)
             self._outage.recovered()
-            self._reap_not_before = time.monotonic() + self._heartbeat_interval + self._reap_every
+            hold = max(self._lease_ms / 1000, self._heartbeat_interval + self._reap_every)
+            self._reap_not_before = time.monotonic() + hold
             return
         if now >= self._next_beat or self._renew_now:
             self._renew_now = False

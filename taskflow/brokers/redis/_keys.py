@@ -8,8 +8,9 @@ from taskflow.brokers.redis._scripts import QUEUE_KEYS
 class Keys:
     """The key layout of one namespace.
 
-    ``{ns}:queues`` is the set of queue names, ``{ns}:reaper`` the reaper's lock
-    and ``{ns}:q:<queue>:<part>`` a queue's parts (see ``_scripts.QUEUE_KEYS``).
+    ``{ns}:queues`` is the set of queue names, ``{ns}:reaper`` the reaper's lock,
+    ``{ns}:q:<queue>:<part>`` a queue's parts (see ``_scripts.QUEUE_KEYS``) and
+    ``{ns}:q:<queue>:receipt:<batch>`` the short-lived answers of settle calls.
     One hash tag keeps every key of a namespace in one Cluster slot, so each
     script may touch all of them, and ACL key patterns can be ``~{ns}:*``.
     """
@@ -29,6 +30,10 @@ class Keys:
             base = f"{self.prefix}:q:{name}:"
             keys = self._cache[name] = [base + part for part in QUEUE_KEYS] + [self.queues]
         return keys
+
+    def receipt(self, name: str, batch: str) -> str:
+        """The key keeping the answer of one settle call (``_scripts.SETTLE``) for a while."""
+        return f"{self.prefix}:q:{name}:receipt:{batch}"
 
     def notify(self, name: str) -> str:
         """The key an idle consumer of ``name`` blocks on."""

@@ -158,6 +158,20 @@ local function bury(id, reason, now)
   redis.call('HDEL', PRI, id)
 end
 
+-- Adds {due, id, due, id, ...} to the delayed set. An idle consumer waits no
+-- longer than the earliest due time it last saw; a message due before that
+-- must wake it, or a short delay or retry would fire up to idle_timeout late.
+local function add_delayed(args)
+  if #args == 0 then return end
+  local first = redis.call('ZRANGE', DELAYED, 0, 0, 'WITHSCORES')
+  local earliest = args[1]
+  for i = 3, #args, 2 do
+    if args[i] < earliest then earliest = args[i] end
+  end
+  bulk('ZADD', DELAYED, args)
+  if not first[2] or earliest < tonumber(first[2]) then notify() end
+end
+
 local function forget_dead(ids)
   redis.call('ZREM', DEAD, unpack(ids))
   redis.call('HDEL', DEAD_BODY, unpack(ids))
@@ -205,7 +219,7 @@ for i, item in ipairs(items) do
 end
 bulk('HSET', BODY, bodies)
 bulk('HSET', PRI, pris)
-bulk('ZADD', DELAYED, delayed)
+add_delayed(delayed)
 bulk('ZADD', READY, ready)
 if #ready > 0 then notify() end
 redis.call('SADD', QUEUES, ARGV[1])
@@ -268,20 +282,25 @@ return {wait, out}
 """
 )
 
-# ARGV: packed [[op, id, token, a, b], ...]. Ops: a = ack, d = dead-letter
-# (a: reason), r = retry (a: new body, b: delay ms), q = requeue, u = hand back
-# unstarted (requeue without counting the delivery). Only the lease holder
-# may settle; returns one status code per item.
+# ARGV: packed [[op, id, token, a, b], ...], receipt ttl ms. Ops: a = ack,
+# d = dead-letter (a: reason), r = retry (a: new body, b: delay ms), q =
+# requeue, u = hand back unstarted (requeue without counting the delivery).
+# Only the lease holder may settle; returns one status code per item.
+# KEYS[14] is the batch's receipt: the status codes are kept there for the
+# ttl, so that a repeat of the call (its reply was lost) gets the answer of
+# the call that was applied, rather than "not owned" for its own work.
 SETTLE = (
     (
         _PRELUDE
         + """
+local receipt = redis.call('GET', KEYS[14])
+if receipt then return cmsgpack.unpack(receipt) end
 even_when_full()
 local items = cmsgpack.unpack(ARGV[1])
 local ids = {}
 for i, item in ipairs(items) do ids[i] = item[2] end
 local owners = redis.call('HMGET', OWNER, unpack(ids))
-local results, settled, acked, requeued = {}, {}, {}, {}
+local results, settled, acked, requeued, delayed = {}, {}, {}, {}, {}
 local now = nil
 for i, item in ipairs(items) do
   local op, id = item[1], item[2]
@@ -298,7 +317,8 @@ for i, item in ipairs(items) do
       redis.call('HDEL', DC, id)
       if item[5] > 0 then
         now = now or now_ms()
-        redis.call('ZADD', DELAYED, now + item[5], id)
+        delayed[#delayed + 1] = now + item[5]
+        delayed[#delayed + 1] = id
       else
         requeued[#requeued + 1] = id
       end
@@ -323,10 +343,12 @@ if #acked > 0 then
   bulk('HDEL', DC, acked)
   bulk('HDEL', PRI, acked)
 end
+add_delayed(delayed)
 if #requeued > 0 then
   to_ready(requeued)
   notify()
 end
+redis.call('SET', KEYS[14], cmsgpack.pack(results), 'PX', ARGV[2])
 return results
 """
     )
@@ -424,10 +446,12 @@ if #ARGV > 2 then
 else
   ids = redis.call('ZRANGE', DEAD, 0, tonumber(ARGV[2]) - 1)
 end
-local moved = {}
+local moved, seen = {}, {}
 for _, id in ipairs(ids) do
   local body = redis.call('HGET', DEAD_BODY, id)
-  if body then
+  -- Once per id, and never while a live message has the id: one place each.
+  if body and not seen[id] and redis.call('HEXISTS', BODY, id) == 0 then
+    seen[id] = true
     redis.call('HSET', BODY, id, body)
     redis.call('HDEL', DC, id)
     redis.call('HDEL', PRI, id)
