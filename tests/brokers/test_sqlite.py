@@ -188,6 +188,7 @@ def claim_steps(path: Path, limit: int) -> tuple[list[tuple[int, int, int]], int
     from taskflow.brokers.sqlite import _sql as sql
 
     with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.create_function("taskflow_now", 0, time.time, deterministic=True)
         steps = 0
 
         def count() -> int:
@@ -204,6 +205,7 @@ def test_claim_query_plans_are_index_searches_bounded_by_ready_at(path: Path) ->
     from taskflow.brokers.sqlite import _sql as sql
 
     with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.create_function("taskflow_now", 0, time.time, deterministic=True)
         sql.create_schema(conn)
         params = {"queue": QUEUE, "priority": 0, "limit": 100}
         plans = {
@@ -252,6 +254,34 @@ async def test_claims_cost_the_same_with_50000_delayed_messages(
     assert steps_crowded <= steps_alone * 1.2 + 50, (steps_alone, steps_crowded)
 
 
+# -- the host clock ----------------------------------------------------------------
+
+
+async def test_every_broker_of_a_boot_reads_one_clock_that_a_step_does_not_move(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from taskflow.brokers.sqlite import _clock
+
+    first = SQLiteBroker(path)
+    async with first:
+        # Given a wall clock stepped an hour ahead after the first broker opened the file
+        real = time.time
+        monkeypatch.setattr(time, "time", lambda: real() + 3600)
+        async with SQLiteBroker(path) as second:
+            # Then a broker opened after the step reads the same time as the first
+            assert second.clock.anchor == first.clock.anchor
+            assert abs(second.clock.now() - real()) < 1.0
+            echo = echo_actor(second)
+            await echo.send(1)
+            assert (await second.stats(QUEUE)).ready == 1
+    # And a file anchored in another boot is anchored again in this one
+    db_rows(path, "UPDATE taskflow_clock SET boot = 'an earlier boot', anchor = 0")
+    monkeypatch.setattr(time, "time", real)
+    async with SQLiteBroker(path) as third:
+        assert db_rows(path, "SELECT boot FROM taskflow_clock") == [(_clock.boot_id(),)]
+        assert abs(third.clock.now() - time.time()) < 1.0
+
+
 # -- leases -----------------------------------------------------------------------
 
 
@@ -281,22 +311,34 @@ async def test_late_settlement_after_lost_lease_is_refused(path: Path, action: s
         assert await healthy.stats(QUEUE) == (0, 0, 0, 0)
 
 
-async def test_expired_lease_refuses_ack_even_before_reaping(path: Path) -> None:
+def lease_deadline(path: Path) -> float:
+    """The latest lease expiry in the file (host time)."""
+    [(deadline,)] = db_rows(path, "SELECT MAX(lease_expires) FROM taskflow_messages")
+    return float(deadline)
+
+
+async def test_a_late_heartbeat_loses_nothing_while_no_reaper_took_the_message(path: Path) -> None:
+    # Given a worker whose heartbeat is late (60 s apart for a 0.3 s lease), alone on the file
     async with SQLiteBroker(
-        path, visibility_timeout=0.3, heartbeat_interval=60, reaper_interval=60
+        path, visibility_timeout=0.3, heartbeat_interval=60, reaper_interval=0.05
     ) as b:
         echo = echo_actor(b)
-        await echo.send(1)
-        [d] = await take(b)
+        await echo.send_many([(1,), (2,)])
+        first, second = await take(b, 2, prefetch=2)
 
-        async def expired() -> bool:
-            [(expires,)] = db_rows(path, "SELECT lease_expires FROM taskflow_messages")
-            return bool(expires < sqlite_now(path))
+        async def past_deadline() -> bool:
+            return lease_deadline(path) < b.clock.now() - 0.2
 
-        await poll_until(expired, 5)
-        with pytest.raises(LeaseLost):
-            await d.ack()
-        assert db_rows(path, "SELECT count(*) FROM taskflow_messages") == [(1,)]
+        # When both leases are past their deadline (its own reaper runs every 50 ms)
+        await poll_until(past_deadline, 5)
+        assert await b.stats(QUEUE) == (0, 0, 2, 0)
+        # Then the owner's ack still lands: nobody else can have had the message
+        await first.ack()
+        # And the late heartbeat renews what is still held
+        b._heartbeat(b._database())()
+        assert lease_deadline(path) > b.clock.now() + 0.2
+        await second.ack()
+        assert await b.stats(QUEUE) == (0, 0, 0, 0)
 
 
 async def test_reaper_returns_orphans_on_an_idle_queue(path: Path) -> None:
@@ -649,17 +691,19 @@ async def test_suspects_are_leased_in_groups_that_hold_back_their_consumer(
 
 
 async def test_reaper_counts_lease_expiries(path: Path) -> None:
-    async with SQLiteBroker(path, visibility_timeout=0.3, heartbeat_interval=60) as b:
-        echo = echo_actor(b)
+    holder = SQLiteBroker(path, visibility_timeout=0.3, heartbeat_interval=60)
+    reaper = SQLiteBroker(path, visibility_timeout=0.3, reaper_interval=0.05)
+    async with holder, reaper:
+        echo = echo_actor(holder)
         await echo.send(1)
         for expected in (1, 2):
-            [d] = await take(b)
+            [d] = await take(holder)
 
             async def reaped(expected: int = expected) -> bool:
                 return db_rows(path, "SELECT expiries FROM taskflow_messages") == [(expected,)]
 
             await poll_until(reaped, 5)
-        [d] = await take(b)
+        [d] = await take(holder)
         assert d.delivery_count == 3
         await d.retry(0)
         assert db_rows(path, "SELECT expiries, deliveries FROM taskflow_messages") == [(0, 0)]

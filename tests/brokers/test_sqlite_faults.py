@@ -468,3 +468,131 @@ async def test_a_killer_among_suspects_is_found_and_only_it_is_dead(
     ends = Counter(r.message_id for r in ledger.runs("end"))
     assert set(ends) == {m.id for m in good}
     assert max(r.delivery or 0 for r in starts) <= 4
+
+
+# -- a late heartbeat and wall-clock steps (issue: leases judged by a clock a step cannot move) --
+
+
+def process_state(pid: int) -> str:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return next(line for line in status.splitlines() if line.startswith("State:")).split()[1]
+
+
+def latest_lease_expiry(store: Store) -> float:
+    [(expiry,)] = store.query("SELECT MAX(lease_expires) FROM taskflow_messages")
+    return float(expiry) if expiry is not None else 0.0
+
+
+def host_now(store: Store) -> float:
+    """The broker's host clock (see ``taskflow.brokers.sqlite._clock``), read from its anchor."""
+    try:
+        [(anchor,)] = store.query("SELECT anchor FROM taskflow_clock")
+    except sqlite3.OperationalError:  # a file without one judges by the wall clock
+        return time.time()
+    return float(anchor) + time.monotonic()
+
+
+async def test_a_stopped_worker_resuming_past_its_lease_runs_its_message_once(
+    start_worker: Callable[..., WorkerProcess], store: Store, ledger: Ledger
+) -> None:
+    # Given a worker alone on the file, running a 3 s message with a 2 s lease
+    a = start_worker("A", "--concurrency", "2")
+    [sent] = await send(app.build(str(store.path)), "steady", [(0, 3.0)])
+    await wait_for(lambda: len(ledger.runs("start")) == 1, 20, "A to start it")
+    [child] = ledger.pids("A")
+    # When its process is stopped until the lease is well past its deadline, then resumed
+    os.kill(child, signal.SIGSTOP)
+    try:
+        await wait_for(lambda: process_state(child) == "T", 5, "the child to stop")
+        await wait_for(
+            lambda: latest_lease_expiry(store) < host_now(store) - 1.0, 10, "the lease to expire"
+        )
+        assert store.states() == (0, 1, 0)
+    finally:
+        os.kill(child, signal.SIGCONT)
+    # Then its own reaper does not take the message back, the late heartbeat renews it,
+    # and the ack lands: one run, nothing left, nothing fenced
+    await wait_for(lambda: len(ledger.runs("end")) == 1, 10, "the message to finish")
+    await wait_for(lambda: store.states() == (0, 0, 0), 5, "the ack")
+    assert [r.message_id for r in ledger.runs("start")] == [sent.id]
+    assert "lease_lost" not in a.output() and "reclaimed" not in a.output()
+
+
+FAKETIME_LIBRARIES = [
+    "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+    "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+    "/usr/lib/faketime/libfaketime.so.1",
+]
+
+
+class WallClock:
+    """A wall-clock offset that libfaketime applies to every process started with ``env``.
+
+    Only the wall clock moves (``FAKETIME_DONT_FAKE_MONOTONIC``), as with an NTP
+    step; the offset is read again on every call, so a step reaches running
+    processes at once.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        library = next((p for p in FAKETIME_LIBRARIES if Path(p).exists()), None)
+        if library is None:
+            pytest.skip("libfaketime is not installed (Debian package faketime)")
+        self.file = directory / "faketime"
+        self.file.write_text("+0\n")
+        self.env = {
+            "LD_PRELOAD": library,
+            "FAKETIME_TIMESTAMP_FILE": str(self.file),
+            "FAKETIME_NO_CACHE": "1",
+            "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+        }
+
+    def step(self, seconds: int) -> None:
+        self.file.write_text(f"{seconds:+d}\n")
+
+
+async def test_a_forward_wall_clock_step_expires_no_lease(
+    start_worker: Callable[..., WorkerProcess], store: Store, ledger: Ledger, tmp_path: Path
+) -> None:
+    # Given two workers on one host clock running four 6 s messages (2 s lease)
+    clock = WallClock(tmp_path)
+    a = start_worker("A", "--concurrency", "4", **clock.env)
+    b = start_worker("B", "--concurrency", "4", **clock.env)
+    await wait_for(lambda: bool(ledger.pids("A") and ledger.pids("B")), 20, "A and B to start")
+    sent = await send(app.build(str(store.path)), "steady", [(i, 6.0) for i in range(4)])
+    await wait_for(lambda: len(ledger.runs("start")) == 4, 5, "all four to start")
+    # When the wall clock steps an hour ahead under both
+    clock.step(3600)
+    # Then the four finish where they run, once each, and nothing is reclaimed
+    await wait_for(lambda: len(ledger.runs("end")) == 4, 20, "the four to finish")
+    await wait_for(lambda: store.states() == (0, 0, 0), 5, "the acks")
+    starts, ends = ledger.runs("start"), ledger.runs("end")
+    assert Counter(r.message_id for r in starts) == Counter(m.id for m in sent)
+    # (the step really reached the workers: their clock moved an hour between start and end)
+    assert min(e.at for e in ends) - max(s.at for s in starts) >= 3600
+    for worker in (a, b):
+        assert "reclaimed" not in worker.output() and "lease_lost" not in worker.output()
+
+
+async def test_a_backward_wall_clock_step_does_not_keep_a_dead_workers_messages(
+    start_worker: Callable[..., WorkerProcess], store: Store, ledger: Ledger, tmp_path: Path
+) -> None:
+    # Given worker A holding four messages (2 s lease), and an idle worker B, on one host clock
+    clock = WallClock(tmp_path)
+    a = start_worker("A", "--concurrency", "4", **clock.env)
+    sent = await send(app.build(str(store.path)), "sleepy", [(i, 30.0) for i in range(4)])
+    await wait_for(lambda: len(ledger.runs("start", "A")) == 4, 20, "A to start all four")
+    start_worker("B", "--concurrency", "4", **clock.env)
+    await wait_for(lambda: bool(ledger.pids("B")), 20, "B to start")
+    # When the wall clock steps an hour back and A is SIGKILLed
+    clock.step(-3600)
+    os.killpg(a.pid, signal.SIGKILL)
+    assert a.process.wait(10) == -signal.SIGKILL
+    killed = time.monotonic()
+    # Then B runs all four within the lease and a reaper interval, not an hour later
+    await wait_for(lambda: len(ledger.runs("end", "B")) == 4, 20, "B to run all four")
+    assert time.monotonic() - killed <= RECOVERY_BOUND + 1.0
+    await wait_for(lambda: store.states() == (0, 0, 0), 5, "the acks")
+    b_starts = ledger.runs("start", "B")
+    assert Counter(r.message_id for r in b_starts) == Counter(m.id for m in sent)
+    # (the step really reached B: its clock is an hour behind A's)
+    assert max(r.at for r in b_starts) < min(r.at for r in ledger.runs("start", "A")) - 3000

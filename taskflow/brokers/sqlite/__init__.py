@@ -12,11 +12,24 @@ state at a time, told apart by its columns:
 Every change of state runs in a ``BEGIN IMMEDIATE`` transaction, so
 concurrent processes cannot interleave; a batch is leased by one ``UPDATE …
 RETURNING`` that sets the owner and expiry and counts the delivery. A busy
-database is waited for (``busy_timeout``), then retried with backoff. Times
-come from SQLite's own clock (``julianday('now')`` inside the statement),
-never from a Python clock, so every process on the host judges leases and
-delays alike. Commits are synced to disk (``synchronous=FULL``) unless the
-broker is built with ``synchronous="NORMAL"``.
+database is waited for (``busy_timeout``), then retried with backoff. Commits
+are synced to disk (``synchronous=FULL``) unless the broker is built with
+``synchronous="NORMAL"``.
+
+Clocks: every time in the table (delays, leases, dead-letter TTLs) is read
+inside the statement from the host clock (``_clock``): the wall clock's time
+at the pace of the host's monotonic clock, anchored once per boot in the file,
+so every process on the host reads the same time and a step of the wall clock
+(NTP, ``date -s``) moves nothing: it neither expires every lease at once nor
+keeps a dead worker's messages, or makes ready messages look delayed, for the
+length of the step. What the broker assumes: one host (every process reads
+the same monotonic clock, as they share the file's locks anyway); a message
+with an ``eta`` runs when the host clock reaches it, so an ``eta`` is
+converted to a delay by the sender's clock at ``send`` time. Leases are
+fenced by ownership: a worker whose heartbeat is late, but whose messages no
+reaper of another process has taken back yet, still renews and acks them
+(nothing is lost or run twice); a process never reaps its own leases, since
+its heartbeat thread renews them for as long as it lives.
 
 Threads (started by ``connect``, in producers and workers alike):
 

@@ -18,6 +18,7 @@ import anyio
 
 from taskflow.broker import Broker, DeadRecord, Envelope, QueueStats, Receipt
 from taskflow.brokers.sqlite import _sql as sql
+from taskflow.brokers.sqlite._clock import HostClock
 from taskflow.brokers.sqlite._database import Database, GroupCommit, Ticker
 from taskflow.brokers.sqlite._watcher import Watcher
 from taskflow.errors import LeaseLost
@@ -162,7 +163,8 @@ class SQLiteBroker(Broker):
         self.synchronous = synchronous
         super().__init__(**options)
         self.owner = ""
-        self._db = Database(self.path, busy_timeout, synchronous)
+        self.clock = HostClock()
+        self._db = self._database()
         self._conn: GroupCommit | None = None
         self._tickers: list[Ticker] = []
         self._watcher: Watcher | None = None
@@ -200,6 +202,10 @@ class SQLiteBroker(Broker):
             else:
                 raise ValueError(f"unknown option {key!r} in {url!r}")
         return cls(path, **{**params, **options})
+
+    def _database(self) -> Database:
+        """A connection of this broker's own, reading time from its host clock."""
+        return Database(self.path, self.busy_timeout, self.synchronous, clock=self.clock.now)
 
     def _default_results(self) -> ResultBackend:
         # Imported only when asked for: a broker without results never loads it.
@@ -247,10 +253,10 @@ class SQLiteBroker(Broker):
         self._conn = GroupCommit(self._db)
         self._wakeups = {}
         self._held = set()
-        await self._write(sql.create_schema)
+        await self._write(self._create_schema)
         self._last_renewal = time.monotonic()
-        heartbeat_db = Database(self.path, self.busy_timeout, self.synchronous)
-        reaper_db = Database(self.path, self.busy_timeout, self.synchronous)
+        heartbeat_db = self._database()
+        reaper_db = self._database()
         self._tickers = [
             Ticker(
                 "taskflow-sqlite-heartbeat",
@@ -264,10 +270,12 @@ class SQLiteBroker(Broker):
         ]
         for ticker in self._tickers:
             ticker.start()
-        self._watcher = Watcher(
-            Database(self.path, self.busy_timeout, self.synchronous), self.poll_interval
-        )
+        self._watcher = Watcher(self._database(), self.poll_interval)
         self._watcher.start()
+
+    def _create_schema(self, conn: sqlite3.Connection) -> None:
+        self.clock.read_anchor(conn)
+        sql.create_schema(conn)
 
     async def _close(self) -> None:
         tickers, self._tickers = self._tickers, []
@@ -310,13 +318,19 @@ class SQLiteBroker(Broker):
         return beat
 
     def _reaper(self, db: Database) -> Callable[[], None]:
+        owner = {"owner": self.owner}
+
+        def probe(conn: sqlite3.Connection) -> tuple[int, int]:
+            row = conn.execute(sql.REAP_PROBE, owner).fetchone()
+            return row[0], row[1]
+
         def reap(conn: sqlite3.Connection) -> tuple[int, int]:
-            leases = conn.execute(sql.REAP_LEASES).rowcount
+            leases = conn.execute(sql.REAP_LEASES, owner).rowcount
             dead = conn.execute(sql.REAP_DEAD).rowcount
             return leases, dead
 
         def tick() -> None:
-            expired_leases, expired_dead = db.read(lambda c: c.execute(sql.REAP_PROBE).fetchone())
+            expired_leases, expired_dead = db.read(probe)
             if not (expired_leases or expired_dead):
                 return
             leases, dead = db.write(reap)

@@ -12,7 +12,6 @@ that everything arriving while a transaction runs shares the next commit
 from __future__ import annotations
 
 import logging
-import random
 import sqlite3
 import threading
 import time
@@ -22,6 +21,8 @@ from typing import Any, TypeVar, cast
 import anyio
 import anyio.to_thread
 
+from taskflow._retrying import Outage
+from taskflow.brokers.sqlite._clock import FUNCTION
 from taskflow.errors import BrokerError, BrokerUnavailable
 
 T = TypeVar("T")
@@ -46,15 +47,27 @@ def _cannot_open(exc: sqlite3.Error) -> bool:
 class Database:
     """One sqlite3 connection, used by one thread at a time, with busy retries.
 
+    ``clock``, when given, is registered as the SQL function ``taskflow_now()``.
     SQLite's own busy handler waits up to ``busy_timeout`` for a lock; when it
     gives up, the whole transaction is retried with jittered backoff until
     ``3 * busy_timeout`` has passed, then :class:`BrokerUnavailable` is raised.
     """
 
-    def __init__(self, path: str, busy_timeout: float, synchronous: str) -> None:
+    def __init__(
+        self,
+        path: str,
+        busy_timeout: float,
+        synchronous: str,
+        *,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         self.path = path
         self.busy_timeout = busy_timeout
         self.synchronous = synchronous
+        self.clock = clock
+        self._outage = Outage(
+            logger, "SQLite connection", path, server="SQLite", base=0.005, cap=0.2
+        )
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
 
@@ -69,6 +82,9 @@ class Database:
             try:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute(f"PRAGMA synchronous={self.synchronous}")
+                if self.clock is not None:
+                    # Deterministic: read once per statement, like SQLite's own 'now'.
+                    conn.create_function(FUNCTION, 0, self.clock, deterministic=True)
             except BaseException:
                 conn.close()
                 raise
@@ -85,24 +101,27 @@ class Database:
 
     def _run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
         deadline = time.monotonic() + 3 * self.busy_timeout
-        pause = 0.005
         with self._lock:
             while True:
                 try:
-                    return self._attempt(fn, write)
+                    result = self._attempt(fn, write)
                 except sqlite3.Error as exc:
-                    if _cannot_open(exc):
-                        raise BrokerUnavailable(
-                            f"cannot open SQLite file {self.path}: {exc}"
-                        ) from exc
-                    if not _is_busy(exc):
-                        raise BrokerError(f"SQLite error on {self.path}: {exc}") from exc
+                    self._raise_unless_busy(exc)
                     if time.monotonic() >= deadline:
                         raise BrokerUnavailable(
                             f"SQLite database {self.path} stayed locked: {exc}"
                         ) from exc
-                time.sleep(pause * random.uniform(0.5, 1.5))
-                pause = min(pause * 2, 0.2)
+                    # One policy with the other transports: capped, jittered backoff.
+                    time.sleep(self._outage.failed(exc))
+                else:
+                    self._outage.recovered()
+                    return result
+
+    def _raise_unless_busy(self, exc: sqlite3.Error) -> None:
+        if _cannot_open(exc):
+            raise BrokerUnavailable(f"cannot open SQLite file {self.path}: {exc}") from exc
+        if not _is_busy(exc):
+            raise BrokerError(f"SQLite error on {self.path}: {exc}") from exc
 
     def _attempt(self, fn: Callable[[sqlite3.Connection], T], write: bool) -> T:
         conn = self._connection()
@@ -225,6 +244,7 @@ class Ticker:
         self.interval = interval
         self._fn = fn
         self._db = db
+        self._outage = Outage(logger, name, db.path, server="SQLite")
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
@@ -239,10 +259,11 @@ class Ticker:
                 due = max(due + self.interval, time.monotonic())
                 try:
                     self._fn()
-                except Exception:
-                    logger.exception(
-                        "%s failed; trying again in %.2f s", self._thread.name, self.interval
-                    )
+                except Exception as exc:
+                    # Said once per outage; the fixed rate already paces the attempts.
+                    self._outage.failed(exc)
+                else:
+                    self._outage.recovered()
         finally:
             self._db.close()
 

@@ -28,7 +28,7 @@ from typing import Literal
 import anyio
 
 from taskflow.brokers.sqlite._database import Database, GroupCommit
-from taskflow.brokers.sqlite._sql import NOW
+from taskflow.brokers.sqlite._sql import WALL_NOW as NOW
 from taskflow.results import ResultBackend
 
 _TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")

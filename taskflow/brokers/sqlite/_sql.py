@@ -1,11 +1,19 @@
-"""The SQL of the SQLite broker: the schema and one statement per change of state."""
+"""The SQL of the SQLite broker: the schema and one statement per change of state.
+
+Every time in the table (``ready_at``, leases, dead-letter times) is read
+from the host clock (:mod:`._clock`) inside the statement, through the
+``taskflow_now()`` function each broker connection registers: never from a
+caller's clock, and never moved by a step of the wall clock.
+"""
 
 from __future__ import annotations
 
 import sqlite3
 
-#: Unix time in seconds (float, millisecond precision) by SQLite's clock.
-NOW = "((julianday('now') - 2440587.5) * 86400.0)"
+#: Unix time in seconds by the host clock (see ``_clock``), once per statement.
+NOW = "taskflow_now()"
+#: Unix time by SQLite's reading of the wall clock (for connections without the host clock).
+WALL_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 
 TABLE = "taskflow_messages"
 WAITING = "lease_owner IS NULL AND dead_at IS NULL"
@@ -58,47 +66,47 @@ SELECT seq, expiries, deliveries FROM {TABLE} INDEXED BY taskflow_messages_next
 WHERE queue = :queue AND {WAITING} AND priority = :priority AND ready_at <= {NOW}
 ORDER BY ready_at, seq LIMIT :limit
 """
+UNLEASE = "lease_owner = NULL, lease_expires = NULL"
 CLAIM = f"""
-UPDATE {TABLE}
-SET lease_owner = :owner, lease_expires = {NOW} + :lease, deliveries = deliveries + 1
+UPDATE {TABLE} SET lease_owner = :owner, lease_expires = {NOW} + :lease, deliveries = deliveries + 1
 WHERE seq IN (SELECT value FROM json_each(:seqs)) AND {WAITING}
 RETURNING seq, id, body, deliveries
 """
 # Seconds until the first waiting message is due (<= 0: one is ready), or NULL.
 NEXT_DUE = f"SELECT MIN(ready_at) - {NOW} FROM {TABLE} WHERE queue = ? AND {WAITING}"
-HELD = f"seq = :seq AND lease_owner = :owner AND lease_expires > {NOW}"
+# Held while this owner's lease has not been taken back by a reaper, even if
+# its deadline passed: nobody else can have the message, so a late ack loses
+# nothing and duplicates nothing. Once reaped, ``lease_owner`` is another or
+# NULL and the settlement is fenced.
+HELD = "seq = :seq AND lease_owner = :owner"
 ACK = f"DELETE FROM {TABLE} WHERE {HELD}"
 RETRY = f"""
 UPDATE {TABLE}
-SET body = :body, ready_at = {NOW} + :delay, deliveries = 0, expiries = 0,
-    lease_owner = NULL, lease_expires = NULL
+SET body = :body, ready_at = {NOW} + :delay, deliveries = 0, expiries = 0, {UNLEASE}
 WHERE {HELD}
 """
 DEAD_LETTER = f"""
 UPDATE {TABLE}
-SET dead_at = {NOW}, dead_until = {NOW} + :ttl, reason = :reason, lease_owner = NULL,
-    lease_expires = NULL
+SET dead_at = {NOW}, dead_until = {NOW} + :ttl, reason = :reason, {UNLEASE}
 WHERE {HELD}
 """
 # ``:delivered`` is 0 for a message handed back unseen: its delivery is undone.
 REQUEUE = f"""
 UPDATE {TABLE}
-SET lease_owner = NULL, lease_expires = NULL, deliveries = deliveries - 1 + :delivered
+SET {UNLEASE}, deliveries = deliveries - 1 + :delivered
 WHERE seq = :seq AND lease_owner = :owner
 """
-RENEW = f"""
-UPDATE {TABLE} SET lease_expires = {NOW} + :lease
-WHERE lease_owner = :owner AND lease_expires > {NOW}
-"""
+# A late heartbeat still renews what no reaper has taken back.
+RENEW = f"UPDATE {TABLE} SET lease_expires = {NOW} + :lease WHERE lease_owner = :owner"
+# A process never takes back its own leases: its heartbeat renews them for as
+# long as it lives, however late it runs.
+EXPIRED = f"lease_owner IS NOT NULL AND lease_owner != :owner AND lease_expires <= {NOW}"
 REAP_PROBE = f"""
 SELECT
-    EXISTS (SELECT 1 FROM {TABLE} WHERE lease_owner IS NOT NULL AND lease_expires <= {NOW}),
+    EXISTS (SELECT 1 FROM {TABLE} WHERE {EXPIRED}),
     EXISTS (SELECT 1 FROM {TABLE} WHERE dead_at IS NOT NULL AND dead_until <= {NOW})
 """
-REAP_LEASES = f"""
-UPDATE {TABLE} SET lease_owner = NULL, lease_expires = NULL, expiries = expiries + 1
-WHERE lease_owner IS NOT NULL AND lease_expires <= {NOW}
-"""
+REAP_LEASES = f"UPDATE {TABLE} SET {UNLEASE}, expiries = expiries + 1 WHERE {EXPIRED}"
 REAP_DEAD = f"DELETE FROM {TABLE} WHERE dead_at IS NOT NULL AND dead_until <= {NOW}"
 STATS = f"""
 SELECT
