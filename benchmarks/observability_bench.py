@@ -3,6 +3,9 @@
 Run: python benchmarks/observability_bench.py [--url redis://127.0.0.1:6379/15]
                                                [--messages 20000] [--rounds 5]
 
+``--url memory://`` runs the same on the MemoryBroker: no server, so the
+difference between modes is the CPU the middleware itself costs.
+
 Each run drains ``--messages`` no-op messages, enqueued beforehand, with one
 ``Worker`` at concurrency 100 in a fresh child process, timed from worker
 start to the last message done (as ``redis_bench.py``'s ``noop``). Modes:
@@ -39,7 +42,8 @@ from typing import Any
 
 import anyio
 
-from taskflow import Middleware, Worker
+from taskflow import Broker, Middleware, Worker
+from taskflow.brokers.memory import MemoryBroker
 from taskflow.brokers.redis import RedisBroker
 from taskflow.middleware import default_middleware
 
@@ -92,7 +96,13 @@ def stack(mode: str) -> list[Middleware]:
 
 
 async def run(mode: str, url: str, messages: int) -> dict[str, Any]:
-    broker = RedisBroker(url, namespace=f"bench-obs-{uuid.uuid4().hex[:8]}", middleware=stack(mode))
+    broker: Broker
+    if url == "memory://":
+        broker = MemoryBroker(middleware=stack(mode))
+    else:
+        broker = RedisBroker(
+            url, namespace=f"bench-obs-{uuid.uuid4().hex[:8]}", middleware=stack(mode)
+        )
     done = anyio.Event()
     count = 0
 
@@ -117,7 +127,8 @@ async def run(mode: str, url: str, messages: int) -> dict[str, Any]:
             return {"rate": messages / elapsed, "cpu_us": cpu_us}
         finally:
             await broker.purge("bench")
-            await cleanup(broker)
+            if isinstance(broker, RedisBroker):
+                await cleanup(broker)
 
 
 def run_child(mode: str, args: argparse.Namespace) -> dict[str, Any]:

@@ -18,6 +18,7 @@ to be served however that process serves metrics.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import fcntl
 import logging
@@ -69,8 +70,8 @@ DURATION_BUCKETS = (
 LATENCY_BUCKETS = (*DURATION_BUCKETS, 4 * 3600.0, 24 * 3600.0)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-#: Seconds between updates of the in-progress gauges.
-IN_PROGRESS_INTERVAL = 1.0
+#: Seconds between updates of the in-progress gauges and the histograms.
+PUBLISH_INTERVAL = 1.0
 QUEUE_STATES = ("ready", "delayed", "in_flight", "dead")
 LABELS = ("queue", "actor")
 
@@ -136,6 +137,44 @@ def metrics_for(registry: CollectorRegistry | None = None) -> Metrics:
     return found
 
 
+class _Tally:
+    """Observations of one histogram child, kept in plain numbers until published.
+
+    In multiprocess mode every ``observe`` is two writes to a memory-mapped
+    file under a lock; at thousands of messages per second those writes were
+    most of what metrics cost. Here an observation is a bisection and two
+    additions, and :meth:`publish` hands the totals to the child once per
+    interval. It adds to the child's bucket and sum values directly
+    (``prometheus_client`` has no public call to observe many values at once);
+    those two attributes have had these names in every release since the
+    multiprocess mode exists, and the tests read the result through the
+    public registry.
+    """
+
+    __slots__ = ("bounds", "child", "counts", "total")
+
+    def __init__(self, child: Histogram, bounds: tuple[float, ...]) -> None:
+        self.child = child
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.total = 0.0
+
+    def add(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def publish(self) -> None:
+        counts, total = self.counts, self.total
+        if not any(counts):
+            return
+        self.counts, self.total = [0] * len(counts), 0.0
+        child: Any = self.child
+        child._sum.inc(total)
+        for bucket, count in zip(child._buckets, counts, strict=True):
+            if count:
+                bucket.inc(count)
+
+
 class _Bound:
     """The children of every metric for one (queue, actor) pair."""
 
@@ -145,20 +184,23 @@ class _Bound:
         "in_progress",
         "latency",
         "messages",
-        "metrics",
         "retries",
         "running",
     )
 
     def __init__(self, metrics: Metrics, queue: str, actor: str) -> None:
-        self.metrics = metrics
         self.running = 0
         self.messages = metrics.messages.labels(queue, actor)
         self.errors = metrics.errors.labels(queue, actor)
         self.retries = metrics.retries.labels(queue, actor)
         self.in_progress = metrics.in_progress.labels(queue, actor)
-        self.duration = metrics.duration.labels(queue, actor)
-        self.latency = metrics.latency.labels(queue, actor)
+        self.duration = _Tally(metrics.duration.labels(queue, actor), DURATION_BUCKETS)
+        self.latency = _Tally(metrics.latency.labels(queue, actor), LATENCY_BUCKETS)
+
+    def publish(self) -> None:
+        self.in_progress.set(self.running)
+        self.duration.publish()
+        self.latency.publish()
 
 
 def reason_kind(reason: str) -> str:
@@ -246,7 +288,7 @@ class Prometheus(Middleware):
         if bound is None:
             bound = self._for(message.queue, message.actor)
         start = message.eta or message.enqueued_at
-        bound.latency.observe(max(time.time() - start.timestamp(), 0.0))
+        bound.latency.add(max(time.time() - start.timestamp(), 0.0))
         bound.messages.inc()
         bound.running += 1
         began = time.perf_counter()
@@ -256,7 +298,7 @@ class Prometheus(Middleware):
             bound.errors.inc()
             raise
         finally:
-            bound.duration.observe(time.perf_counter() - began)
+            bound.duration.add(time.perf_counter() - began)
             bound.running -= 1
             self._count_outcome(ctx, bound)
         return result
@@ -275,35 +317,35 @@ class Prometheus(Middleware):
     # -- gauges set on an interval ---------------------------------------------
 
     async def on_startup(self, worker: Worker) -> None:
-        """Start publishing the in-progress gauges, and sampling queue depths if asked."""
-        self._tasks.append(asyncio.create_task(self._publish_in_progress()))
+        """Start publishing gauges and histograms, and sampling queue depths if asked."""
+        self._tasks.append(asyncio.create_task(self._publish_every_interval()))
         if self.queue_stats_interval is not None:
             queues = worker.queues or worker.broker.queues or ["default"]
             self._tasks.append(asyncio.create_task(self._sample(worker.broker, queues)))
 
     async def on_shutdown(self, worker: Worker) -> None:
-        """Stop both, publishing the in-progress gauges one last time."""
+        """Stop both, publishing one last time."""
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self.publish_in_progress()
+        self.publish()
 
-    async def _publish_in_progress(self) -> None:
+    async def _publish_every_interval(self) -> None:
         while True:
-            self.publish_in_progress()
-            await asyncio.sleep(IN_PROGRESS_INTERVAL)
+            self.publish()
+            await asyncio.sleep(PUBLISH_INTERVAL)
 
-    def publish_in_progress(self) -> None:
-        """Set ``taskflow_messages_in_progress`` from this process's running count.
+    def publish(self) -> None:
+        """Publish the in-progress gauges and the histograms' observations so far.
 
-        Counted in a plain integer per message and published on an interval:
-        an increment and a decrement of a multiprocess gauge per message would
-        cost two file writes.
+        Both are kept in plain numbers per message and published every
+        :data:`PUBLISH_INTERVAL` seconds and at shutdown (a worker that is
+        killed loses at most that much of them). Counters are written at once.
         """
         for bound in list(self._bound.values()):
-            bound.in_progress.set(bound.running)
+            bound.publish()
 
     async def _sample(self, broker: Broker, queues: list[str]) -> None:
         assert self.queue_stats_interval is not None

@@ -133,3 +133,28 @@ def test_one_registry_holds_one_set_of_metrics() -> None:
     registry = CollectorRegistry()
     first, second = Prometheus(registry=registry), Prometheus(registry=registry)
     assert first.metrics is second.metrics
+
+
+def test_tallied_observations_publish_as_observe_would() -> None:
+    from prometheus_client import Histogram
+
+    from taskflow.middleware.prometheus import _Tally
+
+    registry = CollectorRegistry()
+    tallied = Histogram("tallied", "", registry=registry, buckets=DURATION_BUCKETS)
+    observed = Histogram("observed", "", registry=registry, buckets=DURATION_BUCKETS)
+    tally = _Tally(tallied, DURATION_BUCKETS)
+    values = [0.0, 0.0005, 0.001, 0.0011, 0.003, 0.3, 599.0, 600.0, 601.0, 10**6]
+    for v in values:
+        tally.add(v)
+        observed.observe(v)
+    assert value(registry, "tallied_count") == 0  # nothing until published
+    tally.publish()
+    tally.publish()  # publishing twice adds nothing
+    for bound in (*DURATION_BUCKETS, float("inf")):
+        le = str(bound) if bound != float("inf") else "+Inf"
+        assert value(registry, "tallied_bucket", le=le) == value(
+            registry, "observed_bucket", le=le
+        ), le
+    assert value(registry, "tallied_sum") == value(registry, "observed_sum")
+    assert value(registry, "tallied_bucket", le="0.001") == 3
