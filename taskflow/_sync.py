@@ -125,12 +125,15 @@ class Portal:
         future = asyncio.run_coroutine_threadsafe(make(), loop)
         try:
             while True:
-                done, _ = concurrent.futures.wait([future], timeout=_POLL)
-                if done:
-                    return future.result()
-                if not loop.is_running():
-                    future.cancel()
-                    raise RuntimeError("the event loop running this call stopped before it ended")
+                try:
+                    return future.result(_POLL)
+                except TimeoutError:
+                    if future.done():
+                        raise  # the coroutine's own
+                    if not loop.is_running():
+                        raise RuntimeError(
+                            "the event loop running this call stopped before it ended"
+                        ) from None
         except BaseException:
             future.cancel()  # KeyboardInterrupt in the waiting thread: stop the coroutine too
             raise
@@ -207,12 +210,21 @@ def forget_connections(broker: Broker) -> None:
     broker._forget_connections()
 
 
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The loop factory of the background threads: uvloop's when installed, as for workers."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 class LoopThread:
     """An event loop in a daemon thread of its own, running until :meth:`stop`.
 
-    The loop runs one long-lived main task (as under ``asyncio.run``), so
-    anyio's worker threads, used by the SQLite broker, are reused between
-    calls instead of started for each.
+    The loop (uvloop's when installed) runs one long-lived main task, as
+    under ``asyncio.run``, so anyio's worker threads, used by the SQLite
+    broker, are reused between calls instead of started for each.
     """
 
     def __init__(self, name: str) -> None:
@@ -237,7 +249,8 @@ class LoopThread:
             await self._stopping.wait()
 
         try:
-            asyncio.run(main())
+            with asyncio.Runner(loop_factory=loop_factory()) as runner:
+                runner.run(main())
         finally:
             ready.set()
 
