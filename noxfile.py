@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import nox
 
 nox.options.sessions = ["lint", "typecheck", "tests"]
@@ -15,6 +18,7 @@ def tests(session: nox.Session) -> None:
     """Run the whole test suite against the local Redis and RabbitMQ."""
     session.install("-e", ".[dev]")
     session.run("pytest", *session.posargs)
+    session.notify("tests-django6", posargs=[])
 
 
 @nox.session
@@ -47,3 +51,41 @@ def bench_core(session: nox.Session) -> None:
     """taskflow's own overhead on the MemoryBroker, no server involved."""
     session.install("-e", ".[all]")
     session.run("python", "benchmarks/core_overhead.py", *session.posargs)
+
+
+def _newest_python(minimum: tuple[int, int]) -> str:
+    """The newest interpreter at least ``minimum`` that pyenv or PATH has (else its version)."""
+    found = sorted(
+        (tuple(int(n) for n in path.parent.parent.name.split(".")[:2]), str(path))
+        for path in Path.home().glob(".pyenv/versions/3.*/bin/python3")
+        if path.parent.parent.name.count(".") == 2
+    )
+    usable = [p for version, p in found if version >= minimum]
+    if usable:
+        return usable[-1]
+    return next(
+        (name for name in ("python3.14", "python3.13", "python3.12") if shutil.which(name)),
+        f"{minimum[0]}.{minimum[1]}",
+    )
+
+
+@nox.session(name="tests-django6", python=_newest_python((3, 12)))
+def tests_django6(session: nox.Session) -> None:
+    """The Django tests on Django 6 (its own django.tasks), which needs Python >= 3.12.
+
+    ``nox -s tests`` (Python 3.11, Django 5.2 LTS with the django-tasks
+    backport) runs this session after its own.
+    """
+    session.install(
+        "-e",
+        ".[django,redis]",
+        "django>=6",
+        "pytest>=8.2",
+        "pytest-timeout>=2.3",
+        "httpx>=0.27",
+        "gunicorn>=27",
+    )
+    session.run(
+        "python", "-c", "import django, sys; print('Django', django.__version__, sys.version)"
+    )
+    session.run("pytest", "tests/sync/test_django.py", *session.posargs)

@@ -285,3 +285,15 @@ class Actor(Generic[P, R]):
             sync_form=f"{self.name}.send_many_sync()",
             await_form=f"await {self.name}.send_many(...)",
         )
+
+    def send_on_commit(self, *args: P.args, **kwargs: P.kwargs) -> None:
+        """Send with :meth:`send_sync` once the current Django transaction commits.
+
+        Nothing is sent if the transaction rolls back; outside a transaction
+        the message is sent at once. Needs Django (``taskflow.integrations.django``);
+        the transaction is the one of the default database (for another, call
+        ``transaction.on_commit(lambda: actor.send_sync(...), using=...)``).
+        """
+        from taskflow.integrations.django._commit import on_commit
+
+        on_commit(lambda: self.send_sync(*args, **kwargs))
