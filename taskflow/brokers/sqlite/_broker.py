@@ -289,7 +289,7 @@ class SQLiteBroker(Broker):
 
     def _forget_connections(self) -> None:
         super()._forget_connections()
-        self._db = Database(self.path, self.busy_timeout, self.synchronous)
+        self._db = self._database()
         self._tickers = []
         self._watcher = None
 
