@@ -34,3 +34,16 @@ def test_demo_runs_end_to_end_on_sqlite() -> None:
     assert "fetch: 60 pages" in out
     assert "dead letters: 0" in out
     assert "worker stopped cleanly (exit status 0)" in out
+
+
+def test_rate_limits_example_caps_concurrency_at_10(redis_url: str) -> None:
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLES / "rate_limits.py"), redis_url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    assert "call_partner: 60 done, at most 10 at once (limit 10)" in out
+    assert "send_mail: 10 sent" in out
+    assert "dead letters: 0" in out
