@@ -28,9 +28,9 @@ from typing import Any
 
 import anyio
 
-from taskflow import Middleware, Worker
+from taskflow import Middleware, Retry, Worker
 from taskflow.brokers.sqlite import SQLiteBroker
-from taskflow.middleware import current_delivery, default_middleware
+from taskflow.middleware import current_delivery, current_message, default_middleware
 
 PATH_ENV = "TASKFLOW_TEST_SQLITE"
 LEDGER_ENV = "TASKFLOW_TEST_LEDGER"
@@ -74,6 +74,9 @@ def record(event: str, n: int | None = None, *, message_id: str | None = None) -
         time.time(),
     )
     with closing(sqlite3.connect(ledger, timeout=30, isolation_level=None)) as conn:
+        # A killed process loses nothing it wrote with WAL and synchronous=OFF; only a
+        # machine crash could, and the ledger need not survive one.
+        conn.execute("PRAGMA synchronous=OFF")
         conn.execute("INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?)", row)
 
 
@@ -133,6 +136,17 @@ def build(
         """Kills its worker process outright."""
         record("start", n)
         os._exit(137)
+
+    @broker.actor(queue=QUEUE, max_retries=3, min_backoff=0.1, max_backoff=0.2)
+    async def chaos(n: int, fail_first: bool) -> None:
+        """Runs a few ms; with ``fail_first``, asks to be retried on its first attempt."""
+        record("start", n)
+        await anyio.sleep(0.005 + (n % 7) * 0.005)
+        message = current_message()
+        if fail_first and message is not None and message.retries == 0:
+            record("retry", n)
+            raise Retry(delay=0.1)
+        record("end", n)
 
     @broker.actor(queue=QUEUE, max_retries=0)
     async def add(x: int, y: int) -> int:
