@@ -258,7 +258,7 @@ def contract_broker(
         queue_type="quorum" if queue_type == "quorum" else "classic",
         **options,
     )
-    request.addfinalizer(lambda: delete_queues(url, CONTRACT_PREFIX, broker.declared_queues))
+    request.addfinalizer(lambda: delete_queues(url, CONTRACT_PREFIX, broker._declarer.declared))
     return broker
 
 

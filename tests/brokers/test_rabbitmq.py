@@ -18,7 +18,7 @@ import pytest
 
 from taskflow import BrokerUnavailable, LeaseLost, Worker, broker_from_url
 from taskflow.brokers.rabbitmq import MAX_DELAY, PublishRejected, RabbitMQBroker, Unroutable
-from taskflow.brokers.rabbitmq._consumer import H_DELAY_LEFT, dead_record
+from taskflow.brokers.rabbitmq._headers import H_DELAY_LEFT, dead_record
 from taskflow.brokers.rabbitmq._topology import UNIT_MS, delay_units, routing_key
 from tests.apps.rabbitmq_app import (
     CONTRACT_PREFIX,
@@ -64,7 +64,7 @@ async def _make(amqp_url: str) -> AsyncIterator[Make]:
     yield build
     for broker in made:
         await broker.close()
-    declared = set().union(*(b.declared_queues for b in made)) if made else set()
+    declared = set().union(*(b._declarer.declared for b in made)) if made else set()
     await anyio.to_thread.run_sync(lambda: delete_queues(amqp_url, CONTRACT_PREFIX, declared))
 
 
@@ -178,7 +178,9 @@ async def test_unroutable_send_raises_then_the_queue_is_declared_again(
     async with broker:
         await noop.send()
         await broker.delete_queue(queue)
-        broker._ensured[queue] = broker.topology.names(queue)  # as if declared earlier
+        broker._declarer.ensured[queue] = broker._declarer.topology.names(
+            queue
+        )  # as if declared earlier
         with pytest.raises(Unroutable, match="unroutable"):
             await noop.send()
         await noop.send()
@@ -276,7 +278,7 @@ async def test_delays_longer_than_one_ladder_pass_go_round_again(make: Make, que
         return x
 
     async with broker:
-        names = await broker._ensure(queue)
+        names = await broker._declarer.ensure(queue)
         # A delay past the ladder's range waits the longest pass and carries the rest.
         far = await echo.send_with_options(args=(1,), delay=MAX_DELAY + 1.5)
         top = names.delays[-1]
@@ -285,13 +287,13 @@ async def test_delays_longer_than_one_ladder_pass_go_round_again(make: Make, que
             got = await channel.basic_get(top, no_ack=False)
             return got.header.properties
 
-        properties = await broker._on_fresh_channel(peek, "peek")
+        properties = await broker._link.on_fresh_channel(peek, "peek")
         assert properties.message_id == far.id
         assert 1490 <= properties.headers[H_DELAY_LEFT] <= 1500
         # A message at the end of a pass with time left goes round again.
         body = broker.codec.encode(echo.message(2))
         start = time.monotonic()
-        await broker._publish(
+        await broker._publisher.publish(
             names, body, message_id="again", priority=0, headers={H_DELAY_LEFT: 400}
         )
         [d] = await take(broker, queue, timeout=5)
@@ -362,9 +364,11 @@ async def test_consumer_timeout_is_checked_against_time_limits(
             with anyio.move_on_after(0.5):
                 await take(broker, queue, 1, timeout=5)
         assert "consumer_timeout < time_limit" in caplog.text and "20 s" in caplog.text
-        broker.server_version = (3, 12, 0)
-        assert broker.consumer_arguments(queue) == {"x-consumer-timeout": 100_000}
-        broker.server_version = (3, 10, 8)
+        broker._link.server_version = (3, 12, 0)
+        assert broker._consumer_arguments(queue, *broker._longest_time_limit(queue)) == {
+            "x-consumer-timeout": 100_000
+        }
+        broker._link.server_version = (3, 10, 8)
         caplog.clear()
         other = f"{queue}-fits"
 
@@ -372,7 +376,7 @@ async def test_consumer_timeout_is_checked_against_time_limits(
         async def short() -> None: ...
 
         with caplog.at_level(logging.WARNING, "taskflow.brokers.rabbitmq"):
-            assert broker.consumer_arguments(other) == {}
+            assert broker._consumer_arguments(other, *broker._longest_time_limit(other)) == {}
         assert "consumer_timeout" not in caplog.text
 
 
@@ -448,7 +452,8 @@ async def test_sends_without_confirms_when_asked(make: Make, queue: str) -> None
 
     async with broker:
         sent = await echo.send_many([(i,) for i in range(20)])
-        assert broker._unconfirmed is not None and not broker._unconfirmed.publisher_confirms
+        unconfirmed = broker._publisher.unconfirmed
+        assert unconfirmed is not None and not unconfirmed.publisher_confirms
         got = await take(broker, queue, 20, prefetch=20)
         assert [d.message.id for d in got] == [m.id for m in sent]
         for d in got:

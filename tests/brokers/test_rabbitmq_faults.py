@@ -406,7 +406,7 @@ async def test_connection_drop_while_workers_run(scenario: Scenario) -> None:
 async def test_broker_restart_with_workers_running(
     exclusive_rabbitmq: None, scenario: Scenario
 ) -> None:
-    scenario.producer.send_timeout = 2
+    scenario.producer._link.timeout = 2  # the producer's, not the workers'
     worker = scenario.worker("--concurrency", "8")
     await worker.ready()
     before = await scenario.send(records(20, 10))
@@ -488,7 +488,7 @@ async def test_bad_input_is_dead_lettered_and_the_worker_keeps_going(scenario: S
     }
     worker = scenario.worker("--concurrency", "4")
     await worker.ready()
-    names = await scenario.producer._ensure(QUEUE)
+    names = await scenario.producer._declarer.ensure(QUEUE)
     good = [app.add.message(1, 2) for _ in range(50)]
     unknown: Message[Any] = Message(queue=QUEUE, actor="not_declared_anywhere", args=(canary,))
     wrong_arity = app.add.message_with_options(args=(1, 2, canary))

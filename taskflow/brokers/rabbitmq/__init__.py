@@ -3,7 +3,8 @@
 See :class:`RabbitMQBroker` for the design and its guarantees.
 """
 
-from taskflow.brokers.rabbitmq._broker import PublishRejected, RabbitMQBroker, Unroutable
+from taskflow.brokers.rabbitmq._broker import RabbitMQBroker
+from taskflow.brokers.rabbitmq._publisher import PublishRejected, Unroutable
 from taskflow.brokers.rabbitmq._topology import LEVELS, MAX_DELAY, UNIT_MS
 
 __all__ = ["LEVELS", "MAX_DELAY", "UNIT_MS", "PublishRejected", "RabbitMQBroker", "Unroutable"]

@@ -1,13 +1,19 @@
-"""Consumers and receipts of the RabbitMQ broker."""
+"""Consumers and receipts of the RabbitMQ broker.
+
+A :class:`Consumer` works with what :class:`Plumbing` gives it (its
+connection, the declarer, the publisher for moves, and the
+:class:`Deliveries` book that counts what this process holds); it knows
+nothing of the broker object, actors or middleware.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -19,8 +25,9 @@ from aiormq.exceptions import (
     ChannelPreconditionFailed,
 )
 
-from taskflow.broker import DeadRecord, Receipt
+from taskflow.broker import Receipt
 from taskflow.brokers.rabbitmq._acks import ChannelAcks
+from taskflow.brokers.rabbitmq._headers import delay_left, new_message_id, prior_deliveries
 from taskflow.errors import BrokerError, LeaseLost
 
 if TYPE_CHECKING:
@@ -28,15 +35,13 @@ if TYPE_CHECKING:
     from aiormq.abc import AbstractChannel, DeliveredMessage
     from pamqp import commands as spec
 
-    from taskflow.brokers.rabbitmq._broker import RabbitMQBroker
-    from taskflow.brokers.rabbitmq._topology import QueueNames, QueueType
+    from taskflow.brokers.rabbitmq._connection import Link
+    from taskflow.brokers.rabbitmq._publisher import Publisher
+    from taskflow.brokers.rabbitmq._topology import Declarer, QueueNames, QueueType
 
 logger = logging.getLogger("taskflow.brokers.rabbitmq")
 
-H_DELIVERIES = "x-tf-deliveries"
-H_REASON = "x-tf-reason"
-H_DEAD_AT = "x-tf-dead-at"
-H_DELAY_LEFT = "x-tf-delay-left"
+QUORUM_ACK_GRACE = 0.5
 
 _SETTLE_ERRORS = (ChannelInvalidStateError, AMQPError, ConnectionError, OSError)
 # aio-pika raises RuntimeError for a connection that is being restored.
@@ -44,54 +49,72 @@ _RETRY = (*_SETTLE_ERRORS, RuntimeError)
 _FATAL = (ChannelAccessRefused, ChannelNotFoundEntity, ChannelPreconditionFailed)
 
 
-def _int(value: Any) -> int:
-    try:
-        return max(int(value), 0)
-    except (TypeError, ValueError):
-        return 0
+class Deliveries:
+    """What this process holds: deliveries per queue, live consumers, the time of the last ack."""
+
+    def __init__(self, queue_type: QueueType) -> None:
+        self.queue_type = queue_type
+        self.held: dict[str, dict[int, DeliveredMessage]] = {}
+        self.consumers: dict[str, set[Consumer]] = {}
+        self.last_ack = -float("inf")
+
+    def hold(self, queue: str, message: DeliveredMessage) -> None:
+        """Count ``message`` as in flight in this process."""
+        self.held.setdefault(queue, {})[id(message)] = message
+
+    def release(self, queue: str, message: DeliveredMessage) -> None:
+        """Stop counting ``message`` as in flight."""
+        held = self.held.get(queue)
+        if held is not None:
+            held.pop(id(message), None)
+
+    def in_flight(self, queue: str) -> int:
+        """Deliveries of ``queue`` this process holds on channels still open."""
+        held = self.held.get(queue)
+        if not held:
+            return 0
+        for key, message in list(held.items()):
+            if not Consumer.alive(message):
+                del held[key]
+        return len(held)
+
+    async def barrier(self, queue: str) -> None:
+        """A round trip on each consumer's channel of ``queue``, so earlier deliveries are in."""
+        for consumer in list(self.consumers.get(queue, ())):
+            await consumer.barrier()
+
+    def acked(self) -> None:
+        """Note that a delivery was just settled (see :meth:`settle_grace`)."""
+        self.last_ack = time.monotonic()
+
+    async def settle_grace(self) -> None:
+        """Before closing a channel, give recent acks on quorum queues time to apply.
+
+        RabbitMQ 3.10 sends a quorum queue's settlements in a pipeline that
+        holds back commands while many are pending; closing the channel right
+        after a burst of acks can drop the held ones, and those messages come
+        back as redeliveries.
+        """
+        if self.queue_type == "quorum":
+            remaining = self.last_ack + QUORUM_ACK_GRACE - time.monotonic()
+            if remaining > 0:
+                with anyio.CancelScope(shield=True):
+                    await anyio.sleep(remaining)
 
 
-def prior_deliveries(message: DeliveredMessage, queue_type: QueueType) -> int:
-    """How many times ``message`` was delivered before this delivery.
+@dataclass(frozen=True, slots=True)
+class Plumbing:
+    """What a consumer works with."""
 
-    The ``x-tf-deliveries`` header carries the count across republishing;
-    on top of it a quorum queue reports its own redeliveries in
-    ``x-delivery-count``, and a classic queue only flags one.
-    """
-    headers = message.header.properties.headers or {}
-    prior = _int(headers.get(H_DELIVERIES))
-    if queue_type == "quorum":
-        return prior + _int(headers.get("x-delivery-count"))
-    return prior + (1 if message.redelivered else 0)
+    link: Link  # the connection it consumes on
+    declarer: Declarer
+    publisher: Publisher  # for moves: retries, requeues, dead letters, hand-backs
+    deliveries: Deliveries
 
-
-def dead_record(got: DeliveredMessage) -> DeadRecord:
-    """A dead letter read with ``basic.get`` as a :class:`DeadRecord`."""
-    properties = got.header.properties
-    headers: dict[str, Any] = dict(properties.headers or {})
-    reason = headers.get(H_REASON)
-    dead_at: Any = headers.get(H_DEAD_AT)
-    if reason is None:
-        # Dead-lettered by RabbitMQ itself (a quorum delivery limit, a reject).
-        deaths = headers.get("x-death")
-        death: dict[str, Any] = (
-            deaths[0] if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict) else {}
-        )
-        cause = str(death.get("reason", "unknown"))
-        reason = (
-            "delivery_limit_exceeded: RabbitMQ's delivery limit"
-            if cause == "delivery_limit"
-            else f"rabbitmq_{cause}: dead-lettered by RabbitMQ"
-        )
-        when = death.get("time")
-        dead_at = when.timestamp() if isinstance(when, dt.datetime) else None
-    if isinstance(reason, bytes):
-        reason = reason.decode(errors="replace")
-    try:
-        dead_at_unix = float(dead_at) if dead_at is not None else time.time()
-    except (TypeError, ValueError):
-        dead_at_unix = time.time()
-    return DeadRecord(properties.message_id or "", got.body, str(reason), dead_at_unix)
+    @property
+    def queue_type(self) -> QueueType:
+        """Classic or quorum."""
+        return self.declarer.topology.queue_type
 
 
 class Consumer:
@@ -119,13 +142,13 @@ class Consumer:
 
     def __init__(
         self,
-        broker: RabbitMQBroker,
+        plumbing: Plumbing,
         queue: str,
         names: QueueNames,
         prefetch: int,
         arguments: dict[str, Any],
     ) -> None:
-        self.broker = broker
+        self.plumbing = plumbing
         self.queue = queue
         self.names = names
         self.prefetch = prefetch
@@ -153,10 +176,9 @@ class Consumer:
         """Open the channel, set the prefetch and start consuming.
 
         Retries while the connection is being restored, for up to the
-        broker's ``send_timeout``.
+        link's ``timeout`` (the broker's ``send_timeout``).
         """
-        broker = self.broker
-        deadline = anyio.current_time() + broker.send_timeout
+        deadline = anyio.current_time() + self.plumbing.link.timeout
         pause = 0.05
         while True:
             try:
@@ -173,9 +195,9 @@ class Consumer:
                 pause = min(pause * 2, 1.0)
 
     async def _open(self) -> None:
-        broker = self.broker
-        await broker.connection.connected.wait()
-        self.channel = await broker.connection.channel(publisher_confirms=False)
+        connection = self.plumbing.link.connection
+        await connection.connected.wait()
+        self.channel = await connection.channel(publisher_confirms=False)
         self.channel.reopen_callbacks.add(self._on_reopen)
         await self.channel.set_qos(prefetch_count=self.prefetch)
         await self._subscribe()
@@ -187,7 +209,7 @@ class Consumer:
             await raw.queue_declare(
                 self.names.main,
                 durable=True,
-                arguments=self.broker.topology.main_arguments(self.names),
+                arguments=self.plumbing.declarer.topology.main_arguments(self.names),
             )
             raw.on_consumer_cancel_callbacks.add(self._on_cancelled)
         ok = await raw.basic_consume(
@@ -208,7 +230,7 @@ class Consumer:
         if frame.consumer_tag == self.tag:
             self.tag = None
             self.raw = None
-            self.broker.forget(self.queue)
+            self.plumbing.declarer.forget(self.queue)
             self.wakeup.set()
 
     async def _on_message(self, message: DeliveredMessage) -> None:
@@ -218,7 +240,7 @@ class Consumer:
         self._tracker(channel).add(message.delivery_tag or 0)
         self.buffer.append(message)
         self.unsettled[message.consumer_tag or ""] += 1
-        self.broker.hold(self.queue, message)
+        self.plumbing.deliveries.hold(self.queue, message)
         self.wakeup.set()
 
     def release(self, message: DeliveredMessage) -> None:
@@ -227,7 +249,7 @@ class Consumer:
         self.unsettled[tag] -= 1
         if self.unsettled[tag] <= 0:
             del self.unsettled[tag]
-        self.broker.release(self.queue, message)
+        self.plumbing.deliveries.release(self.queue, message)
 
     def _tracker(self, channel: AbstractChannel) -> ChannelAcks:
         acks = self._acks.get(id(channel))
@@ -293,8 +315,8 @@ class Consumer:
     async def _resubscribe(self) -> None:
         """Consume again after a renewal failed half-way (the connection dropped)."""
         try:
-            with anyio.fail_after(self.broker.send_timeout):
-                await self.broker.ensure(self.queue)
+            with anyio.fail_after(self.plumbing.link.timeout):
+                await self.plumbing.declarer.ensure(self.queue)
                 if self.channel is not None:
                     await self.channel.ready()
                 await self._subscribe()
@@ -306,7 +328,7 @@ class Consumer:
         """Replace the consumer whose prefetch window is full of unsettled deliveries."""
         self._renewed.clear()
         try:
-            with anyio.fail_after(self.broker.send_timeout):
+            with anyio.fail_after(self.plumbing.link.timeout):
                 await self.flush()
                 if self.raw is not None and not self.raw.is_closed:
                     await self.raw.basic_cancel(old)
@@ -323,30 +345,30 @@ class Consumer:
         Classic-queue redeliveries are republished with their count raised;
         messages whose delay outlasts one pass through the ladder go round again.
         """
-        broker = self.broker
-        prior = prior_deliveries(message, broker.queue_type)
+        plumbing = self.plumbing
+        prior = prior_deliveries(message, plumbing.queue_type)
         properties = message.header.properties
-        left = _int((properties.headers or {}).get(H_DELAY_LEFT))
-        redelivered = broker.queue_type == "classic" and message.redelivered
+        left = delay_left(message)
+        redelivered = plumbing.queue_type == "classic" and message.redelivered
         if not (left or redelivered):
             self.outstanding += 1
-            message_id = properties.message_id or broker.new_message_id()
+            message_id = properties.message_id or new_message_id()
             return _Receipt(self, message, message_id, prior + 1)
         try:
-            await broker.move(
+            await plumbing.publisher.move(
                 self.names,
                 message,
                 delay=left / 1000 if left else 0.0,
                 deliveries=prior,
             )
             await self.ack(message)
-            broker.acked()
+            plumbing.deliveries.acked()
         except (*_SETTLE_ERRORS, BrokerError) as exc:
             logger.info(
                 "could not republish message %s on %s (%s); RabbitMQ will redeliver it",
                 properties.message_id,
                 self.queue,
-                broker._describe(exc),
+                plumbing.link.describe(exc),
             )
         finally:
             self.release(message)
@@ -358,7 +380,7 @@ class Consumer:
         if raw is None or raw.is_closed:
             return
         try:
-            with anyio.fail_after(self.broker.send_timeout):
+            with anyio.fail_after(self.plumbing.link.timeout):
                 await raw.queue_declare(self.names.main, passive=True)
         except (TimeoutError, *_SETTLE_ERRORS):
             return
@@ -379,16 +401,16 @@ class Consumer:
             await self._close_channel()
 
     async def _hand_back(self, message: DeliveredMessage) -> None:
-        broker = self.broker
+        plumbing = self.plumbing
         try:
             if not self.alive(message):
                 return
             # Not started, so not counted: the copy carries the count so far.
-            await broker.move(
-                self.names, message, deliveries=prior_deliveries(message, broker.queue_type)
+            await plumbing.publisher.move(
+                self.names, message, deliveries=prior_deliveries(message, plumbing.queue_type)
             )
             await self.ack(message)
-            broker.acked()
+            plumbing.deliveries.acked()
         except (*_SETTLE_ERRORS, BrokerError):
             if self.alive(message):
                 await self.requeue_now(message)
@@ -399,7 +421,7 @@ class Consumer:
         await self.flush()
         channel, self.channel = self.channel, None
         if channel is not None and not channel.is_closed:
-            await self.broker.settle_grace()
+            await self.plumbing.deliveries.settle_grace()
             try:
                 await channel.close()
             except _SETTLE_ERRORS:
@@ -408,7 +430,7 @@ class Consumer:
     def settled(self, message: DeliveredMessage) -> None:
         """Bookkeeping after a handed-out delivery was settled (or found lost)."""
         self.release(message)
-        self.broker.acked()
+        self.plumbing.deliveries.acked()
         self.outstanding -= 1
         if self.stopped and self.outstanding <= 0 and self.channel is not None:
             task = asyncio.get_running_loop().create_task(self._close_channel())
@@ -478,19 +500,23 @@ class _Receipt(Receipt):
     async def dead_letter(self, reason: str) -> None:
         consumer = self._consumer
         await self._replace(
-            lambda: consumer.broker.bury(consumer.names, self._message, self.message_id, reason)
+            lambda: consumer.plumbing.publisher.bury(
+                consumer.names, self._message, self.message_id, reason
+            )
         )
 
     async def retry(self, body: bytes, delay: float) -> None:
         consumer = self._consumer
         await self._replace(
-            lambda: consumer.broker.move(consumer.names, self._message, body=body, delay=delay)
+            lambda: consumer.plumbing.publisher.move(
+                consumer.names, self._message, body=body, delay=delay
+            )
         )
 
     async def requeue(self) -> None:
         consumer = self._consumer
         await self._replace(
-            lambda: consumer.broker.move(
+            lambda: consumer.plumbing.publisher.move(
                 consumer.names, self._message, deliveries=self.delivery_count
             )
         )

@@ -1,0 +1,157 @@
+"""Inspection and management: counts, dead letters, requeueing and purging.
+
+Counts come from passive queue declarations, read in the order messages
+flow (dead letters, the ladder from the top, the main queue), so a message
+moving along is seen at least once. Dead letters are read with
+``basic.get`` on a short-lived channel and given back unchanged, in order.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import anyio
+from pamqp import commands as spec
+
+from taskflow.broker import DeadRecord, QueueStats
+from taskflow.brokers.rabbitmq._headers import dead_record
+
+if TYPE_CHECKING:
+    from aiormq.abc import AbstractChannel
+
+    from taskflow.brokers.rabbitmq._connection import Link
+    from taskflow.brokers.rabbitmq._consumer import Deliveries
+    from taskflow.brokers.rabbitmq._publisher import Publisher
+    from taskflow.brokers.rabbitmq._topology import Declarer, QueueNames, QueueType
+
+QUORUM_SETTLE = 0.1
+
+
+class Inspector:
+    """Reads and manages the queues of one broker through its management channel."""
+
+    def __init__(
+        self,
+        link: Link,
+        declarer: Declarer,
+        publisher: Publisher,
+        deliveries: Deliveries,
+        queue_type: QueueType,
+    ) -> None:
+        self.link = link
+        self.declarer = declarer
+        self.publisher = publisher
+        self.deliveries = deliveries
+        self.queue_type = queue_type
+
+    async def stats(self, queue: str) -> QueueStats:
+        """Ready, delayed, in-flight and dead counts of ``queue``."""
+        names = await self.declarer.ensure(queue)
+        stats = await self._read_stats(queue, names)
+        if self.queue_type == "quorum" and not any(stats[:3]):
+            # Quorum queues dead-letter (the delay ladder's last step) through
+            # a Raft round: a message between two queues is counted by neither
+            # for a few milliseconds. A second look after that settles it.
+            await anyio.sleep(QUORUM_SETTLE)
+            stats = await self._read_stats(queue, names)
+        return stats
+
+    async def _read_stats(self, queue: str, names: QueueNames) -> QueueStats:
+        before = self.deliveries.in_flight(queue)
+        order = (names.dead, *reversed(names.delays), names.main)
+
+        async def read(channel: AbstractChannel) -> list[int]:
+            return [
+                (await channel.queue_declare(name, passive=True)).message_count or 0
+                for name in order
+            ]
+
+        counts = await self.link.call(read, "read queue counts")
+        dead, ready, delayed = counts[0], counts[-1], sum(counts[1:-1])
+        if ready == 0 and delayed == 0 and before == 0:
+            # Deliveries dispatched before the count above may still be on
+            # the wire to a consumer of this process: a round trip on each
+            # consumer's channel brings them in first.
+            await self.deliveries.barrier(queue)
+        return QueueStats(ready, delayed, max(before, self.deliveries.in_flight(queue)), dead)
+
+    async def dead_letters(self, queue: str, limit: int) -> list[DeadRecord]:
+        """Up to ``limit`` dead letters, oldest first, left in place."""
+        names = await self.declarer.ensure(queue)
+
+        async def read(channel: AbstractChannel) -> list[DeadRecord]:
+            records: list[DeadRecord] = []
+            last = 0
+            try:
+                while len(records) < limit:
+                    got = await channel.basic_get(names.dead, no_ack=False)
+                    if not isinstance(got.delivery, spec.Basic.GetOk):
+                        break
+                    last = got.delivery.delivery_tag or last
+                    records.append(dead_record(got))
+            finally:
+                if last and not channel.is_closed:
+                    await channel.basic_nack(last, multiple=True, requeue=True)
+            return records
+
+        return await self.link.on_fresh_channel(read, "read dead letters")
+
+    async def requeue_dead(self, queue: str, ids: list[str] | None) -> int:
+        """Move dead letters (all, or those with ``ids``) back to the queue; return how many."""
+        names = await self.declarer.ensure(queue)
+        wanted = None if ids is None else set(ids)
+
+        async def move(channel: AbstractChannel) -> int:
+            total = (await channel.queue_declare(names.dead, passive=True)).message_count or 0
+            moved = 0
+            keep: list[int] = []
+            try:
+                for _ in range(total):
+                    if wanted is not None and not wanted:
+                        break
+                    got = await channel.basic_get(names.dead, no_ack=False)
+                    if not isinstance(got.delivery, spec.Basic.GetOk):
+                        break
+                    tag = got.delivery.delivery_tag or 0
+                    message_id = got.header.properties.message_id
+                    if wanted is not None and message_id not in wanted:
+                        keep.append(tag)
+                        continue
+                    await self.publisher.publish(
+                        names,
+                        got.body,
+                        message_id=message_id,
+                        priority=got.header.properties.priority,
+                    )
+                    await channel.basic_ack(tag)
+                    moved += 1
+                    if wanted is not None and message_id is not None:
+                        wanted.discard(message_id)
+            finally:
+                if not channel.is_closed:
+                    for tag in keep:
+                        await channel.basic_nack(tag, requeue=True)
+            return moved
+
+        return await self.link.on_fresh_channel(move, "requeue dead letters")
+
+    async def purge(self, queue: str) -> int:
+        """Delete the ready and delayed messages of ``queue``; return how many."""
+        names = await self.declarer.ensure(queue)
+
+        async def purge(channel: AbstractChannel) -> int:
+            total = 0
+            for name in (*reversed(names.delays), names.main):
+                total += (await channel.queue_purge(name)).message_count or 0
+            return total
+
+        return await self.link.call(purge, "purge a queue")
+
+    async def purge_dead(self, queue: str) -> int:
+        """Delete the dead letters of ``queue``; return how many."""
+        names = await self.declarer.ensure(queue)
+
+        async def purge(channel: AbstractChannel) -> int:
+            return (await channel.queue_purge(names.dead)).message_count or 0
+
+        return await self.link.call(purge, "purge dead letters")
