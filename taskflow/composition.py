@@ -79,13 +79,16 @@ class _Compiler:
         self.seen.add(message.id)
         data: dict[str, Any] = msgspec.to_builtins(message, enc_hook=_enc_hook)
         options = {
-            k: v for k, v in data["options"].items() if k not in ("pipe_target", "group_info")
+            k: v for k, v in data["options"].items() if k not in ("pipe_target", "group_ref")
         }
         options["store_results"] = True
         if tail.pipe_target is not None:
             options["pipe_target"] = msgspec.to_builtins(tail.pipe_target)
-        if tail.group_info is not None:
-            options["group_info"] = msgspec.to_builtins(tail.group_info)
+        if tail.group_ref is not None:
+            options["group_ref"] = msgspec.to_builtins(tail.group_ref)
+            # Kept until the group can no longer complete, not just the result TTL.
+            ttl = seconds(options.get("result_ttl") or 0.0)
+            options["result_ttl"] = max(ttl, tail.group_ref.ttl)
         data["options"] = options
         return MessageNode(data)
 
@@ -281,9 +284,12 @@ class group(_Composed):
             callbacks=[compiler.node(c, Tail(), nested=True) for c in self.callbacks],
             store=nested,
             pipe_target=tail.pipe_target,
-            group_info=tail.group_info,
+            group_ref=tail.group_ref,
         )
-        members = [compiler.node(c, Tail(group_info=info), nested=True) for c in self.children]
+        members = [
+            compiler.node(c, Tail(group_ref=info.ref(i)), nested=True)
+            for i, c in enumerate(self.children)
+        ]
         return GroupNode(members, info)
 
     async def results(self, *, timeout: float | dt.timedelta | None = 10.0) -> list[Any]:

@@ -470,7 +470,8 @@ async def test_context_option_sees_composition_options() -> None:
 
     class Spy(taskflow.Middleware):
         async def process(self, ctx: Context, call_next: Any) -> Any:
-            seen.append(sorted(k for k in ctx.message.options if k != "store_results"))
+            ignored = ("store_results", "result_ttl")
+            seen.append(sorted(k for k in ctx.message.options if k not in ignored))
             return await call_next(ctx)
 
     broker.middleware = (Spy(), *broker.middleware)
@@ -488,4 +489,115 @@ async def test_context_option_sees_composition_options() -> None:
         ).run()
         async with Worker(broker):
             await broker.join("default", timeout=5)
-    assert sorted(seen) == [[], ["group_info"], ["group_info"], ["pipe_target"]]
+    assert sorted(seen) == [[], ["group_ref"], ["group_ref"], ["pipe_target"]]
+
+
+async def test_a_group_member_carries_the_same_few_bytes_whatever_the_group_size() -> None:
+    app = App()
+
+    def largest_member(size: int) -> int:
+        g = group([app.add.message(i, 1) for i in range(size)])
+        g.add_completion_callback(app.done.message("all"))
+        node = g._compile(taskflow.composition._Compiler(), Tail(), nested=False)
+        assert isinstance(node, taskflow.middleware.composition.GroupNode)
+        bodies = [
+            app.broker.codec.encode(msgspec.convert(member.message, taskflow.Message))
+            for member in node.members
+            if isinstance(member, taskflow.middleware.composition.MessageNode)
+        ]
+        return max(len(body) for body in bodies)
+
+    small, large = largest_member(10), largest_member(5_000)
+    assert large <= small + 8  # a few more digits in the position, not the group's ids
+    assert large < 1_000
+
+
+async def test_group_member_results_outlive_their_result_ttl_until_the_group_completes() -> None:
+    broker = MemoryBroker(results=True)
+    app = App(broker)
+
+    @broker.actor(queue="late", result_ttl=0.2)
+    async def late(x: int) -> int:
+        return x
+
+    @broker.actor(queue="early", result_ttl=0.2)
+    async def early(x: int) -> int:
+        return x
+
+    async with broker:
+        p = pipeline([group([early.message(1), late.message(2)]), app.total.message_with_options()])
+        await p.run()
+        # Given the first member done, and the other running long after its result_ttl
+        async with Worker(broker, ["early"]):
+            await broker.join("early", timeout=5)
+        await anyio.sleep(0.4)
+        async with Worker(broker, ["late", "default"]):
+            await broker.join("late", timeout=5)
+            # Expect the group to complete with both results
+            assert await p.result(timeout=5) == 3
+
+
+class TooLargeOnce(MemoryBroker):
+    """Refuses, as too large, the first send that holds a message for ``done``."""
+
+    refused = 0
+
+    async def _enqueue(self, queue: str, envelopes: Sequence[Envelope]) -> None:
+        if not self.refused and any(self.codec.decode(e.body).actor == "done" for e in envelopes):
+            self.refused += 1
+            raise taskflow.MessageTooLarge(10**9, self.max_message_size)
+        await super()._enqueue(queue, envelopes)
+
+
+async def test_a_completion_that_could_not_be_sent_is_sent_after_a_dead_letter_requeue() -> None:
+    broker = TooLargeOnce(results=True)
+    app = App(broker)
+    async with broker:
+        g = group([app.add.message(1, 1), app.add.message(2, 2)])
+        await g.add_completion_callback(app.done.message("after requeue")).run()
+        # Given the member that completed the group dead-lettered: its callback did not fit
+        await app.drain()
+        (letter,) = await broker.dead_letters("default")
+        assert "could not send the next step" in letter.reason
+        assert app.count("done") == 0
+        # When it is requeued from the dead letters and runs again
+        assert await broker.requeue_dead("default") == 1
+        await app.drain()
+    # Expect the completion sent then, once
+    assert app.count("done") == 1
+    assert await broker.dead_letters("default") == []
+
+
+async def test_a_member_failing_when_run_again_keeps_its_success_and_its_group() -> None:
+    app = App()
+    runs = 0
+
+    @app.broker.actor(max_retries=0)
+    async def once(x: int) -> int:
+        nonlocal runs
+        runs += 1
+        if runs > 1:
+            raise RuntimeError("second run")
+        return x
+
+    async with app.broker:
+        first = once.message(7)
+        g = group([first, app.add.message(2, 2)])
+        g.add_completion_callback(app.done.message("once"))
+        node = g._compile(taskflow.composition._Compiler(), Tail(), nested=False)
+        runner = Runner(app.broker)
+        await runner.launch(node)
+        member = runner.out[0]
+        # Given a member that succeeded, then runs again (as a retry after its
+        # follow-up could not be sent) and fails this time
+        await app.broker.enqueue([member])
+        await app.drain()
+        await app.broker.enqueue([msgspec.structs.replace(member, retries=1)])
+        await app.drain()
+        await app.broker.enqueue(runner.out[1:])
+        await app.drain()
+        # Expect the first success to stand and the group to complete once
+        assert runs == 2
+        assert await first.result(timeout=1) == 7
+        assert await g.results(timeout=1) == [7, 4]
+    assert app.count("done") == 1

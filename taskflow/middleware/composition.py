@@ -8,20 +8,31 @@ node in the options of the message that ends it:
   succeeds, the node is sent with the result appended to its positional
   arguments (to every member's first step if it is a group), unless its
   message has ``pipe_ignore=True``.
-* ``group_info``: the group this message ends a member of (:class:`GroupInfo`):
-  the group's id, the result ids of its members in order, its completion
-  callbacks and what comes after the group itself.
+* ``group_ref``: the group this message ends a member of (:class:`GroupRef`):
+  the group's id, the member's position and the group's size, a few bytes
+  whatever the group's size. What the group is (:class:`GroupInfo`: the result
+  ids of its members in order, its completion callbacks and what comes after
+  the group itself) is stored once, in the result backend, when the group is
+  sent; so a group of N members costs O(N) bytes, not O(N²).
 
 When a member succeeds, its id is added to a set kept by the result backend
 (``add``), which counts distinct members: a member that runs again after a
 crash is not counted twice, and the count lives on the server, not in any
 worker. The member that brings the count to the group's size claims the
-completion with an atomic counter (``incr``) and sends the callbacks and the
-next step. If that worker dies after claiming and before sending (or the
-send fails and the member is retried), the member runs again, finds the
-completion claimed but not marked done, and sends it then. A completion callback therefore runs once, and is not lost to a
-crash; only a worker dying between sending and marking done (a few
-milliseconds) can make it run twice.
+completion with an atomic counter (``incr``), records itself as the claimer,
+and sends the callbacks and the next step. Only the claimer's own message
+completes the group again: if its worker dies after claiming and before
+sending, or the send fails (retried, or dead-lettered and requeued), that
+message runs again, finds the completion claimed by itself but not marked
+done, and sends it then. Any other member that runs again leaves it alone.
+A completion therefore runs once and is never dropped; only the claimer
+dying between sending and marking done (a few milliseconds) makes it run
+twice.
+
+A member's result is kept as long as its group's counters (``GROUP_TTL``),
+whatever the member's own ``result_ttl``: the group may complete long after
+it ran. A member that runs again and fails never overwrites the success it
+stored before, and does not fail its group.
 
 A message that fails for good stops what comes after it: the failure is
 stored as the result of every later step and of the enclosing groups, so
@@ -52,6 +63,8 @@ logger = logging.getLogger("taskflow.middleware.composition")
 
 #: Seconds the group counters are kept, counted from the last member's completion.
 GROUP_TTL = 7 * 24 * 3600.0
+#: Messages sent in one batch when a composition launches many.
+SEND_BATCH = 1000
 #: Seconds a completion waits for the stored result of a member that completed.
 _MEMBER_RESULT_TIMEOUT = 5.0
 
@@ -82,8 +95,24 @@ class GroupNode(msgspec.Struct, frozen=True, tag="g"):
 Node = MessageNode | GroupNode
 
 
+class GroupRef(msgspec.Struct, frozen=True, kw_only=True):
+    """What the last message of each group member carries of its group.
+
+    Attributes:
+        id: The group's id.
+        index: The member's position in the group.
+        size: How many members the group has.
+        ttl: Seconds the group's counters, description and member results are kept.
+    """
+
+    id: str
+    index: int
+    size: int
+    ttl: float = GROUP_TTL
+
+
 class GroupInfo(msgspec.Struct, frozen=True, kw_only=True):
-    """What the last message of each group member knows about the group.
+    """What a group is; stored once in the result backend when the group is sent.
 
     Attributes:
         id: The group's id; its result is stored under it when ``store`` is set.
@@ -93,7 +122,7 @@ class GroupInfo(msgspec.Struct, frozen=True, kw_only=True):
             (for groups inside a pipeline or another group).
         pipe_target: The next pipeline step after the group, which receives
             the list of results.
-        group_info: The enclosing group, if this group is a member of one.
+        group_ref: The enclosing group, if this group is a member of one.
         ttl: Seconds the group's counters and stored result are kept.
     """
 
@@ -102,21 +131,25 @@ class GroupInfo(msgspec.Struct, frozen=True, kw_only=True):
     callbacks: list[Node] = []
     store: bool = False
     pipe_target: Node | None = None
-    group_info: GroupInfo | None = None
+    group_ref: GroupRef | None = None
     ttl: float = GROUP_TTL
+
+    def ref(self, index: int) -> GroupRef:
+        """What the member at ``index`` carries of this group."""
+        return GroupRef(id=self.id, index=index, size=len(self.ids), ttl=self.ttl)
 
 
 class Tail(msgspec.Struct, frozen=True):
     """What comes after a node: the next pipeline step, or the group it ends a member of."""
 
     pipe_target: Node | None = None
-    group_info: GroupInfo | None = None
+    group_ref: GroupRef | None = None
 
     @classmethod
     def of_options(cls, options: dict[str, Any]) -> Tail:
         """Read the tail from a message's options."""
         return msgspec.convert(
-            {"pipe_target": options.get("pipe_target"), "group_info": options.get("group_info")},
+            {"pipe_target": options.get("pipe_target"), "group_ref": options.get("group_ref")},
             cls,
         )
 
@@ -125,10 +158,10 @@ class Tail(msgspec.Struct, frozen=True):
         """The tail of ``node``: in its message's options, or in its group's info."""
         if isinstance(node, MessageNode):
             return cls.of_options(node.message.get("options") or {})
-        return cls(node.info.pipe_target, node.info.group_info)
+        return cls(node.info.pipe_target, node.info.group_ref)
 
     def __bool__(self) -> bool:
-        return self.pipe_target is not None or self.group_info is not None
+        return self.pipe_target is not None or self.group_ref is not None
 
 
 def _group_key(group_id: str, part: str) -> str:
@@ -162,13 +195,16 @@ class Runner:
 
     async def flush(self) -> None:
         """Send what was collected, then mark the completed groups done."""
-        out, self.out = self.out, []
-        await self.broker.enqueue(out)
+        await self._send()
         done, self._done = self._done, []
         for key, ttl in done:
             await self.backend.store(key, ResultRecord(ok=True), ttl)
 
     # -- sending --------------------------------------------------------------
+
+    async def _send(self) -> None:
+        out, self.out = self.out, []
+        await self.broker.enqueue(out)
 
     async def launch(self, node: Node, extra: tuple[Any, ...] = ()) -> None:
         """Send ``node``, with ``extra`` appended to the arguments of its first messages."""
@@ -178,10 +214,18 @@ class Runner:
                 message = msgspec.structs.replace(message, args=(*message.args, *extra))
             message = msgspec.structs.replace(message, enqueued_at=utcnow())
             self.out.append(message.bind(self.broker))
+            if len(self.out) >= SEND_BATCH:
+                await self._send()  # a big group goes out in batches, in bounded memory
             return
         if not node.members:
             await self._complete(node.info, [])
             return
+        if node.info.ids:  # a group that is counted: its members find it in the backend
+            await self.backend.store(
+                _group_key(node.info.id, "info"),
+                ResultRecord(ok=True, value=msgspec.to_builtins(node.info)),
+                node.info.ttl,
+            )
         for member in node.members:
             await self.launch(member, extra)
 
@@ -191,38 +235,67 @@ class Runner:
         """Go on after ``member_id`` (a message or a group) succeeded with ``value``."""
         if tail.pipe_target is not None:
             await self.launch(tail.pipe_target, (value,))
-        elif tail.group_info is not None:
-            await self._member_done(tail.group_info, member_id)
+        elif tail.group_ref is not None:
+            await self._member_done(tail.group_ref, member_id)
 
-    async def _member_done(self, info: GroupInfo, member_id: str) -> None:
+    async def _member_done(self, ref: GroupRef, member_id: str) -> None:
         backend = self.backend
-        finished = await backend.add(_group_key(info.id, "members"), member_id, info.ttl)
-        if finished < len(info.ids):
+        finished = await backend.add(_group_key(ref.id, "members"), member_id, ref.ttl)
+        if finished < ref.size:
             return
-        claim = await backend.incr(_group_key(info.id, "claim"), info.ttl)
-        if claim > 1:
-            # Claimed before, by an earlier run of this member (only a member
-            # counted before sees the full count again). Go on if that run
-            # never finished sending: it died, or its send failed and retried.
-            if not self.rerun or await self._completion_done(info):
-                return
-            logger.warning("group %s: completing again after a worker died mid-completion", info.id)
+        claim = await backend.incr(_group_key(ref.id, "claim"), ref.ttl)
+        if claim == 1:
+            claimer = ResultRecord(ok=True, value=member_id)
+            await backend.store(_group_key(ref.id, "claimer"), claimer, ref.ttl)
+        elif not await self._completes_again(ref, member_id):
+            return
+        info = await self.info(ref)
         self._done.append((_group_key(info.id, "done"), info.ttl))
         values: list[Any] = []
         if info.store or info.pipe_target is not None:
             try:
                 values = await self._member_values(info)
             except Exception as exc:
-                await self.fail(Tail(info.pipe_target, info.group_info), failure_record(exc))
+                await self.fail(Tail(info.pipe_target, info.group_ref), failure_record(exc))
                 return
         await self._complete(info, values)
 
-    async def _completion_done(self, info: GroupInfo) -> bool:
-        try:
-            await self.backend.fetch(_group_key(info.id, "done"), 0)
-        except ResultTimeout:
+    async def _completes_again(self, ref: GroupRef, member_id: str) -> bool:
+        """Whether this run of a member counted before completes the group claimed before.
+
+        Only a run of the claimer's own message does, and only while the
+        completion is not marked done: its earlier run died, or failed to
+        send. A run of any other member leaves the completion to the claimer.
+        """
+        if await self._recorded(_group_key(ref.id, "done")) is not None:
             return False
-        return True
+        claimer = await self._recorded(_group_key(ref.id, "claimer"))
+        if claimer is None:
+            # The claimer died between its claim and recording itself: a
+            # redelivered member takes over.
+            mine = self.rerun
+        else:
+            mine = claimer == member_id
+        if mine:
+            logger.warning("group %s: completing it again (its claimer did not finish)", ref.id)
+        return mine
+
+    async def _recorded(self, key: str) -> Any:
+        """The value stored under ``key``, or ``None`` when nothing is."""
+        try:
+            record = await self.backend.fetch(key, 0)
+        except ResultTimeout:
+            return None
+        return record.value if record.value is not None else True
+
+    async def info(self, ref: GroupRef) -> GroupInfo:
+        """What the group ``ref`` points to is, as stored when it was sent.
+
+        Raises:
+            ResultTimeout: It is not stored (any more): the group's TTL passed.
+        """
+        record = await self.backend.fetch(_group_key(ref.id, "info"), _MEMBER_RESULT_TIMEOUT)
+        return msgspec.convert(record.value, GroupInfo)
 
     async def _member_values(self, info: GroupInfo) -> list[Any]:
         values = []
@@ -237,7 +310,7 @@ class Runner:
             await self.backend.store(info.id, ResultRecord(ok=True, value=values), info.ttl)
         for callback in info.callbacks:
             await self.launch(callback)
-        await self.succeed(Tail(info.pipe_target, info.group_info), values, info.id)
+        await self.succeed(Tail(info.pipe_target, info.group_ref), values, info.id)
 
     # -- failure --------------------------------------------------------------
 
@@ -249,10 +322,14 @@ class Runner:
             node = tail.pipe_target
             await self.backend.store(node.result_id, record, self.ttl)
             await self.fail(Tail.of_node(node), record)
-        elif tail.group_info is not None:
-            info = tail.group_info
-            await self.backend.store(info.id, record, info.ttl)
-            await self.fail(Tail(info.pipe_target, info.group_info), record)
+        elif tail.group_ref is not None:
+            ref = tail.group_ref
+            await self.backend.store(ref.id, record, ref.ttl)
+            try:
+                info = await self.info(ref)
+            except ResultTimeout:
+                return
+            await self.fail(Tail(info.pipe_target, info.group_ref), record)
 
 
 def _result_ttl(ctx: Context) -> float:
@@ -266,16 +343,16 @@ class Composition(Middleware):
     """Send the next pipeline step and complete groups when a message finishes.
 
     Options (set by :func:`taskflow.pipeline` and :func:`taskflow.group`, not
-    by hand): ``pipe_target``, ``group_info``; and ``pipe_ignore`` (bool), on
+    by hand): ``pipe_target``, ``group_ref``; and ``pipe_ignore`` (bool), on
     a pipeline step that should not receive the previous step's result.
     """
 
-    actor_options = frozenset({"pipe_target", "group_info", "pipe_ignore"})
+    actor_options = frozenset({"pipe_target", "group_ref", "pipe_ignore"})
 
     async def process(self, ctx: Context, call_next: CallNext) -> Any:
         """Run the rest of the stack, then go on with what follows the message."""
         options = ctx.message.options
-        if "pipe_target" not in options and "group_info" not in options:
+        if "pipe_target" not in options and "group_ref" not in options:
             return await call_next(ctx)
         tail = Tail.of_options(options)
         rerun = ctx.delivery.redelivered or ctx.message.retries > 0
@@ -297,6 +374,8 @@ class Composition(Middleware):
 
     async def _failed(self, ctx: Context, runner: Runner, tail: Tail, exc: Exception) -> None:
         try:
+            if runner.rerun and await runner.backend.succeeded(ctx.message.id):
+                return  # an earlier run succeeded and went on: that success stands
             await runner.fail(tail, failure_record(exc))
         except Exception:
             logger.exception(

@@ -30,6 +30,8 @@ class Results(Middleware):
     If the backend cannot be reached to store the value of a message that
     succeeded, the message is retried after a backoff instead of being
     dead-lettered. A value that cannot be encoded is stored as a failure.
+    A message that runs again (its ack was lost) and fails never overwrites
+    the success an earlier run stored.
     """
 
     actor_options = frozenset({"store_results", "result_ttl"})
@@ -67,6 +69,14 @@ class Results(Middleware):
 
     async def _store_failure(self, ctx: Context, exc: Exception) -> None:
         try:
+            rerun = ctx.delivery.redelivered or ctx.message.retries > 0
+            if rerun and await self.backend.succeeded(ctx.message.id):
+                # An earlier run succeeded (its ack was lost): the first success stands.
+                logger.warning(
+                    "message %s failed when run again; keeping the result it stored before",
+                    ctx.message.id,
+                )
+                return
             await self.backend.store(ctx.message.id, failure_record(exc), self.ttl(ctx))
         except Exception:
             logger.exception("could not store the failure of message %s", ctx.message.id)

@@ -108,6 +108,14 @@ class ResultBackend(ABC):
             raise ResultTimeout(f"no result for message {message_id} within {timeout} s")
         return _record_decoder.decode(data)
 
+    async def succeeded(self, message_id: str) -> bool:
+        """Whether a success is stored under ``message_id`` (False for a failure or nothing)."""
+        try:
+            record = await self.fetch(message_id, 0)
+        except ResultTimeout:
+            return False
+        return record.ok
+
     async def wait(self, message: Message[Any], *, timeout: float | None) -> Any:
         """Return ``message``'s value converted to its actor's return annotation.
 
