@@ -1,7 +1,7 @@
 """What metrics and tracing cost: no-op throughput on Redis, off / metrics / tracing side by side.
 
 Run: python benchmarks/observability_bench.py [--url redis://127.0.0.1:6379/15]
-                                               [--messages 20000] [--rounds 5]
+                                               [--messages 20000] [--rounds 5] [--uvloop]
 
 ``--url memory://`` runs the same on the MemoryBroker: no server, so the
 difference between modes is the CPU the middleware itself costs.
@@ -134,6 +134,8 @@ async def run(mode: str, url: str, messages: int) -> dict[str, Any]:
 def run_child(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     command = [sys.executable, __file__, f"--mode={mode}", f"--url={args.url}"]
     command.append(f"--messages={args.messages}")
+    if args.uvloop:
+        command.append("--uvloop")
     with tempfile.TemporaryDirectory(prefix="bench-metrics-") as directory:
         env = dict(os.environ)
         if mode in ("metrics", "both"):
@@ -149,10 +151,13 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--uvloop", action="store_true", help="run on uvloop, as workers do")
     parser.add_argument("--mode", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.mode:
-        print(json.dumps(anyio.run(run, args.mode, args.url, args.messages)))
+        options = {"use_uvloop": True} if args.uvloop else {}
+        result = anyio.run(run, args.mode, args.url, args.messages, backend_options=options)
+        print(json.dumps(result))
         return
     modes = args.modes.split(",")
     results: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}

@@ -39,10 +39,10 @@ def read_spans(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_a_trace_crosses_from_the_producer_into_the_worker(
-    worker_cli: StartWorker, redis_url: str, namespace: str, tmp_path: Path
-) -> None:
-    spans_file = tmp_path / "worker-spans.jsonl"
+def traced_worker(
+    worker_cli: StartWorker, redis_url: str, namespace: str, spans_file: Path
+) -> WorkerCli:
+    """A ``taskflow worker`` whose OpenTelemetry SDK writes its spans to ``spans_file``."""
     cli = worker_cli(
         "tests.apps.obs_app:broker",
         env={
@@ -52,9 +52,22 @@ def test_a_trace_crosses_from_the_producer_into_the_worker(
         },
     )
     cli.wait_for_pids(1)
+    return cli
+
+
+def in_memory() -> tuple[TracerProvider, InMemorySpanExporter]:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider, exporter
+
+
+def test_a_trace_crosses_from_the_producer_into_the_worker(
+    worker_cli: StartWorker, redis_url: str, namespace: str, tmp_path: Path
+) -> None:
+    spans_file = tmp_path / "worker-spans.jsonl"
+    cli = traced_worker(worker_cli, redis_url, namespace, spans_file)
+    provider, exporter = in_memory()
 
     async def produce() -> None:
         tracing: list[Middleware] = [OpenTelemetry(tracer_provider=provider)]
@@ -91,3 +104,48 @@ def test_a_trace_crosses_from_the_producer_into_the_worker(
     for retry in attempts[1:]:
         assert [link["context"]["span_id"] for link in retry["links"]] == [first_span_id]
     assert [e["name"] for e in attempts[0]["events"]] == ["exception"]
+
+
+def test_a_trace_crosses_from_a_fastapi_handler_into_the_worker(
+    worker_cli: StartWorker, redis_url: str, namespace: str, tmp_path: Path
+) -> None:
+    import httpx
+    from fastapi import FastAPI
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+    spans_file = tmp_path / "worker-spans.jsonl"
+    cli = traced_worker(worker_cli, redis_url, namespace, spans_file)
+    provider, exporter = in_memory()
+    tracing: list[Middleware] = [OpenTelemetry(tracer_provider=provider)]
+    broker = obs_app.build(redis_url, namespace, first=tracing)
+    app = FastAPI()
+
+    @app.post("/orders")
+    async def order() -> dict[str, str]:
+        message = await broker.actors["ok"].send()
+        return {"id": message.id}
+
+    FastAPIInstrumentor.instrument_app(app, tracer_provider=provider)
+
+    async def call() -> str:
+        async with broker:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://shop") as client:
+                reply = await client.post("/orders")
+            await broker.join(obs_app.QUEUE, timeout=20)
+        message_id: str = reply.json()["id"]
+        return message_id
+
+    message_id = anyio.run(call)
+    wait_until(lambda: bool(read_spans(spans_file)), 10, "the worker's span")
+    cli.signal(signal.SIGTERM)
+    assert cli.wait(timeout=20) == 0
+
+    [server] = [s for s in exporter.get_finished_spans() if s.name == "POST /orders"]
+    [send] = [s for s in exporter.get_finished_spans() if s.name == "send ok"]
+    [process] = read_spans(spans_file)
+    assert send.parent is not None and send.parent.span_id == server.context.span_id
+    assert process["name"] == "process ok"
+    assert process["attributes"]["messaging.message.id"] == message_id
+    assert process["context"]["trace_id"] == f"0x{server.context.trace_id:032x}"
+    assert process["parent_id"] == f"0x{send.context.span_id:016x}"
