@@ -7,9 +7,9 @@ loop (uvloop when installed) and send the same messages to the same server,
 in alternating rounds; the medians of the rounds are
 printed, with the ratios sync / async.
 
-Run: python benchmarks/sync_producers.py [--broker redis|sqlite|both] [--sends 2000] [--rounds 3]
+Run: python benchmarks/sync_producers.py [--broker memory|redis|sqlite|both|all] [--sends 2000] [--rounds 3]
 (Redis at TASKFLOW_BENCH_REDIS_URL, default redis://127.0.0.1:6379/15; the
-SQLite file in a temporary directory.)
+SQLite file in a temporary directory; memory: no I/O, the hand-off alone.)
 """
 
 from __future__ import annotations
@@ -109,15 +109,20 @@ def brokers(kind: str, directory: Path) -> dict[str, Callable[[], taskflow.Broke
     redis_url = os.environ.get("TASKFLOW_BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")
     namespace = f"tf-bench-sync-{uuid.uuid4().hex[:8]}"
     made = {
+        "memory": lambda: taskflow.broker_from_url("memory://"),
         "redis": lambda: taskflow.broker_from_url(redis_url, namespace=namespace),
         "sqlite": lambda: taskflow.broker_from_url(f"sqlite:///{directory / 'bench.sqlite3'}"),
     }
-    return made if kind == "both" else {kind: made[kind]}
+    if kind == "all":
+        return made
+    return {k: made[k] for k in ("redis", "sqlite")} if kind == "both" else {kind: made[kind]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--broker", choices=["redis", "sqlite", "both"], default="both")
+    parser.add_argument(
+        "--broker", choices=["memory", "redis", "sqlite", "both", "all"], default="all"
+    )
     parser.add_argument("--sends", type=int, default=2000, help="sends per round, all senders")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()

@@ -35,6 +35,8 @@ from tests.sync.servers import (
     wait_until,
 )
 
+pytestmark = pytest.mark.slow  # real servers and worker processes
+
 pytest.importorskip("django")
 
 PROJECT = Path(__file__).resolve().parents[2] / "examples" / "django_app"

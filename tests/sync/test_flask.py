@@ -28,6 +28,8 @@ from tests.sync.servers import (
     wait_until,
 )
 
+pytestmark = pytest.mark.slow  # real servers and worker processes
+
 flask = pytest.importorskip("flask")
 
 from taskflow.integrations.flask import Taskflow  # noqa: E402 - needs flask

@@ -6,8 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.integrations.stack import REPO, Process
 from tests.sync.servers import Target
+
+pytestmark = pytest.mark.slow  # real servers and worker processes
 
 WORKER = [
     *("-m", "taskflow", "worker", "tests.apps.sync_app:broker"),
