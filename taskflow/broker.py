@@ -61,6 +61,11 @@ R = TypeVar("R")
 logger = logging.getLogger("taskflow.broker")
 
 DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
+#: Bytes a message may grow by after it was sent, and still be delivered: what a
+#: retry or a deferral adds (its eta, its retry count, the first attempt's trace
+#: context) is a few dozen bytes, whatever the number of attempts. Sends are held
+#: to ``max_message_size``, deliveries to ``max_message_size + GROWTH_ALLOWANCE``.
+GROWTH_ALLOWANCE = 1024
 DEFAULT_DEAD_LETTER_TTL = 7 * 24 * 3600.0
 
 
@@ -184,14 +189,23 @@ class Delivery:
             await self._receipt.dead_letter(reason)
 
     async def retry(self, delay: float = 0.0) -> None:
-        """Schedule the message again after ``delay`` seconds with its retry count raised."""
+        """Schedule the message again after ``delay`` seconds with its retry count raised.
+
+        A message that grew past what a delivery accepts (options added by
+        middleware at every attempt, say) goes to dead letters instead.
+        """
         if not self.settled:
-            self.settled = True
             eta = utcnow() + dt.timedelta(seconds=delay) if delay > 0 else None
             message = msgspec.structs.replace(
                 self.message, retries=self.message.retries + 1, eta=eta
             )
-            await self._receipt.retry(self._broker.codec.encode(message), max(delay, 0.0))
+            body = self._broker.codec.encode(message)
+            limit = self._broker.max_message_size + GROWTH_ALLOWANCE
+            if len(body) > limit:
+                await self.nack(f"too_large: {len(body)} bytes after a retry, over {limit}")
+                return
+            self.settled = True
+            await self._receipt.retry(body, max(delay, 0.0))
 
     async def requeue(self) -> None:
         """Hand the message back unchanged (shutdown, cancellation); no retry is counted."""
@@ -449,7 +463,9 @@ class Broker(ABC):
 
     async def _accept(self, queue: str, receipt: Receipt) -> Delivery | None:
         size = len(receipt.body)
-        if size > self.max_message_size:
+        # What a retry adds is allowed for: a message sent within the limit
+        # is never dead-lettered as too large because it was retried.
+        if size > self.max_message_size + GROWTH_ALLOWANCE:
             reason = f"too_large: {size} bytes over the limit of {self.max_message_size}"
         elif receipt.delivery_count > self.max_deliveries:
             reason = f"delivery_limit_exceeded: delivered {receipt.delivery_count} times"

@@ -232,3 +232,25 @@ async def test_stop_before_run_returns_at_once() -> None:
 def test_invalid_settings() -> None:
     with pytest.raises(ValueError):
         Worker(MemoryBroker(), concurrency=0)
+
+
+async def test_a_retry_never_stores_a_message_that_grew_past_what_a_delivery_accepts() -> None:
+    broker = MemoryBroker(max_message_size=2048)
+
+    class Grow(Middleware):
+        async def process(self, ctx: Context, call_next: Any) -> Any:
+            ctx.message.options[f"note{ctx.message.retries}"] = "n" * 600
+            return await call_next(ctx)
+
+    broker.middleware = (Grow(), *broker.middleware)
+
+    @broker.actor(max_retries=50, min_backoff=0.001, max_backoff=0.002)
+    async def flaky() -> None:
+        raise RuntimeError("again")
+
+    await flaky.send()
+    async with Worker(broker):
+        await broker.join("default", timeout=10)
+    (letter,) = await broker.dead_letters("default")
+    assert letter.reason.startswith("too_large: ") and "after a retry" in letter.reason
+    assert letter.message is not None and letter.message.retries < 5

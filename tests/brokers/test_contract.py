@@ -315,3 +315,27 @@ async def test_worker_dead_letters_bad_input(broker: Broker, queue: str) -> None
     assert reasons[wrong_arity.id].startswith("invalid_arguments")
     assert reasons[wrong_type.id].startswith("invalid_arguments")
     assert reasons[unknown.id].startswith("unknown_actor")
+
+
+async def test_a_message_sent_at_the_size_limit_is_delivered_after_its_retries(
+    broker: Broker, queue: str
+) -> None:
+    @broker.actor(queue=queue)
+    async def carry(payload: str) -> None:
+        pass
+
+    # Given a message that fits the size limit with a few bytes to spare
+    broker.max_message_size = 4096
+    probe = broker.codec.encode(carry.message("x"))
+    sent = await carry.send("x" * (broker.max_message_size - len(probe) - 4))
+    # When it is retried again and again (each retry adds its eta and count)
+    for attempt in range(1, 13):
+        [delivery] = await take(broker, queue)
+        assert delivery.message.id == sent.id
+        assert delivery.message.retries == attempt - 1
+        await delivery.retry(0.001)
+    # Expect it still delivered, never dead-lettered as too large
+    [delivery] = await take(broker, queue)
+    assert delivery.message.retries == 12
+    await delivery.ack()
+    assert (await broker.stats(queue)).dead == 0

@@ -53,7 +53,15 @@ import redis.asyncio
 
 from taskflow._retrying import GaveUp, Outage, retrying
 from taskflow._urls import mask_url
-from taskflow.broker import Broker, DeadRecord, Envelope, QueueStats, Receipt, seconds
+from taskflow.broker import (
+    GROWTH_ALLOWANCE,
+    Broker,
+    DeadRecord,
+    Envelope,
+    QueueStats,
+    Receipt,
+    seconds,
+)
 from taskflow.brokers.redis import _scripts
 from taskflow.brokers.redis._connection import (
     async_client,
@@ -427,7 +435,12 @@ class RedisBroker(Broker):
         wait_ms, items = await self._script(
             "fetch",
             q.keys,
-            [min(prefetch, _CHUNK), token, _ms(self.visibility_timeout), self.max_message_size],
+            [
+                min(prefetch, _CHUNK),
+                token,
+                _ms(self.visibility_timeout),
+                self.max_message_size + GROWTH_ALLOWANCE,
+            ],
         )
         receipts = []
         for i in range(0, len(items), 3):
