@@ -43,3 +43,10 @@ def test_sync_methods_exist() -> None:
         assert callable(getattr(add, name))
     assert callable(add.message(1, 2).result_sync)
     assert callable(broker.close_sync)
+
+
+def _on_commit() -> None:
+    add.send_on_commit(1, 2)
+    add.send_on_commit("1", 2)  # type: ignore[arg-type]
+    nothing: None = add.send_on_commit(1, 2)  # type: ignore[func-returns-value]
+    del nothing
