@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sqlite3
 import subprocess
 import sys
@@ -193,3 +194,52 @@ def test_manage_py_taskflow_queues_and_dlq(site: Site) -> None:
     help_text = site.manage("taskflow", "worker", "--help")
     assert "--processes" in help_text.stdout and "--shutdown-timeout" in help_text.stdout
     assert time.monotonic() - start < 30
+
+
+SHELL = """
+import datetime as dt, json
+from django.utils import timezone
+from shop.tasks import build_report
+from taskflow.integrations.django import broker, TaskflowBackend
+from taskflow import _sync
+later = build_report.using(run_after=timezone.now() + dt.timedelta(hours=1), priority=5).enqueue(3)
+now = build_report.enqueue(4)
+stats = _sync.run(broker, lambda: broker.stats("reports"), sync_form="", await_form="")
+try:
+    build_report.get_result("no-such-id")
+    missing = "found"
+except Exception as exc:
+    missing = type(exc).__name__
+result = build_report.get_result(later.id)
+print(json.dumps({
+    "backend": type(build_report.get_backend()) is TaskflowBackend,
+    "status": [later.status, now.status, result.status],
+    "args": result.args, "run_after": result.task.run_after is None,
+    "stats": [stats.ready, stats.delayed], "missing": missing,
+}))
+"""
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_the_tasks_backend_keeps_ready_and_delayed_tasks_until_a_worker_runs_them(
+    kind: str, tmp_path: Path
+) -> None:
+    with make_target(kind, tmp_path) as target:
+        env = {**target.env, "DJANGO_DB_PATH": str(tmp_path / "db.sqlite3")}
+        shell = subprocess.run(
+            [sys.executable, "manage.py", "shell", "-c", SHELL],
+            cwd=PROJECT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert shell.returncode == 0, shell.stderr
+    assert json.loads(shell.stdout.splitlines()[-1]) == {
+        "backend": True,
+        "status": ["READY", "READY", "READY"],
+        "args": [3],
+        "run_after": True,  # the task as declared; run_after was for this call
+        "stats": [1, 1],  # run_after became a delay
+        "missing": "TaskResultDoesNotExist",
+    }
