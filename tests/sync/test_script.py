@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -23,19 +25,24 @@ def test_a_plain_script_sends_reads_results_forks_and_closes_at_exit(
     target: Target, tmp_path: Path
 ) -> None:
     worker = Process(WORKER, tmp_path / "worker.log", target.env)
+    script = subprocess.Popen(
+        [sys.executable, "-m", "tests.apps.sync_script"],
+        cwd=REPO,
+        env=target.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its forked children too are killed if it hangs
+    )
     try:
-        script = subprocess.run(
-            [sys.executable, "-m", "tests.apps.sync_script"],
-            cwd=REPO,
-            env=target.env,
-            capture_output=True,
-            text=True,
-            timeout=90,
-        )
+        stdout, stderr = script.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        os.killpg(script.pid, signal.SIGKILL)
+        stdout, stderr = script.communicate()
     finally:
         status = worker.stop()
-    assert script.returncode == 0, script.stderr + worker.output()
-    lines = script.stdout.splitlines()
+    assert script.returncode == 0, stderr + worker.output()
+    lines = stdout.splitlines()
     assert lines[:8] == [
         "result 5",
         "many 380",
