@@ -8,7 +8,7 @@ import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -346,6 +346,67 @@ async def test_ack_on_a_dropped_connection_raises_lease_lost(make: Make, queue: 
         assert again.message.id == sent.id and again.delivery_count == 2
         await again.ack()
         assert await broker.stats(queue) == (0, 0, 0, 0)
+
+
+async def _apply_policy(name: str, pattern: str, definition: str) -> None:
+    """Set a queue policy and wait until the queue reports it applied."""
+    await anyio.to_thread.run_sync(
+        lambda: rabbitmqctl("set_policy", name, pattern, definition, "--apply-to", "queues")
+    )
+    with anyio.fail_after(20):
+        while name not in await anyio.to_thread.run_sync(
+            lambda: rabbitmqctl("list_queues", "-q", "name", "policy")
+        ):
+            await anyio.sleep(0.1)
+
+
+async def test_failed_republish_of_a_redelivery_is_handed_back(
+    make: Make, queue: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    producer = make()
+
+    @producer.actor(queue=queue)
+    async def echo(x: int) -> int:
+        return x
+
+    policy = f"tf-test-full-{queue}"
+    caplog.set_level(logging.INFO, "taskflow.brokers.rabbitmq")
+    async with producer:
+        first, second = await echo.send(0), await echo.send(1)
+        holder = make()
+        async with holder:
+            [d] = await take(holder, queue)
+            assert d.message.id == first.id
+            # The queue takes no more messages while one is ready: RabbitMQ
+            # will refuse the copy a classic-queue redelivery is republished as.
+            pattern = f"^{CONTRACT_PREFIX.replace('.', '[.]')}{queue}$"
+            await _apply_policy(policy, pattern, '{"max-length": 1, "overflow": "reject-publish"}')
+        # The holder left without an ack: `first` is back, flagged redelivered.
+        consumer = make(send_timeout=2)
+        got: list[Any] = []
+        try:
+            async with consumer, anyio.create_task_group() as tg:
+
+                async def consume() -> None:
+                    got.extend(await take(consumer, queue, 2, prefetch=1, timeout=30))
+
+                tg.start_soon(consume)
+                with anyio.fail_after(15):
+                    while f"could not republish message {first.id}" not in caplog.text:
+                        await anyio.sleep(0.05)  # the fault happened
+                await anyio.to_thread.run_sync(lambda: rabbitmqctl("clear_policy", policy))
+                with anyio.fail_after(15):
+                    while len(got) < 2:
+                        await anyio.sleep(0.05)
+                for d in got:
+                    await d.ack()
+        finally:
+            with suppress(RuntimeError):  # cleared already
+                await anyio.to_thread.run_sync(lambda: rabbitmqctl("clear_policy", policy))
+        # Handed back rather than held until the channel closes: both arrive,
+        # and the hand-backs did not count as deliveries.
+        assert {(d.message.id, d.delivery_count) for d in got} == {(first.id, 2), (second.id, 1)}
+        assert await producer.stats(queue) == (0, 0, 0, 0)
 
 
 # -- long tasks ----------------------------------------------------------------------

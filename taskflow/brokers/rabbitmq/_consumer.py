@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -166,6 +166,7 @@ class Consumer:
         self._acked_tags: set[str] = set()  # consumers an ack went out for
         self._renewed = asyncio.Event()
         self._renewed.set()
+        self._republish_failures = 0  # in a row
 
     @staticmethod
     def alive(message: DeliveredMessage) -> bool:
@@ -362,17 +363,33 @@ class Consumer:
                 deliveries=prior,
             )
             await self.ack(message)
-            plumbing.deliveries.acked()
         except (*_SETTLE_ERRORS, BrokerError) as exc:
-            logger.info(
-                "could not republish message %s on %s (%s); RabbitMQ will redeliver it",
+            self._republish_failures += 1
+            pause = min(0.25 * 2**self._republish_failures, 5.0)
+            logger.warning(
+                "could not republish message %s on %s (%s); handing it back to RabbitMQ in %.1f s",
                 properties.message_id,
                 self.queue,
                 plumbing.link.describe(exc),
+                pause,
             )
+            # Never left unacked until the channel closes (that would hold a
+            # prefetch slot, and wedge a consumer with prefetch 1): RabbitMQ
+            # gets it back after a pause, and it comes round again.
+            _spawn(self._hand_back_later(message, pause))
+            return None
+        self._republish_failures = 0
+        plumbing.deliveries.acked()
+        self.release(message)
+        return None
+
+    async def _hand_back_later(self, message: DeliveredMessage, pause: float) -> None:
+        try:
+            await anyio.sleep(pause)
+            if self.alive(message):
+                await self.requeue_now(message)
         finally:
             self.release(message)
-        return None
 
     async def barrier(self) -> None:
         """A round trip on this consumer's channel, after which earlier deliveries are buffered."""
@@ -433,12 +450,17 @@ class Consumer:
         self.plumbing.deliveries.acked()
         self.outstanding -= 1
         if self.stopped and self.outstanding <= 0 and self.channel is not None:
-            task = asyncio.get_running_loop().create_task(self._close_channel())
-            _BACKGROUND.add(task)
-            task.add_done_callback(_BACKGROUND.discard)
+            _spawn(self._close_channel())
 
 
 _BACKGROUND: set[asyncio.Task[None]] = set()
+
+
+def _spawn(coroutine: Coroutine[Any, Any, None]) -> None:
+    """Run ``coroutine`` in the background, holding a reference until it is done."""
+    task = asyncio.get_running_loop().create_task(coroutine)
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)
 
 
 class _Receipt(Receipt):
