@@ -47,6 +47,7 @@ import msgspec
 
 from taskflow.errors import BrokerError, DecodeError, MessageTooLarge, ResultsNotConfigured
 from taskflow.message import Codec, Message, utcnow
+from taskflow.results import store_refusal
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -485,6 +486,7 @@ class Broker(ABC):
             reason.split(":", 1)[0],
         )
         await receipt.dead_letter(reason)
+        await store_refusal(self.results, receipt.message_id, reason)
         return None
 
     # -- inspection ---------------------------------------------------------

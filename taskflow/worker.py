@@ -30,6 +30,7 @@ from taskflow._threads import STUCK_GRACE, THREAD_LIMITS, ThreadCall, ThreadPool
 from taskflow.errors import BrokerError, InvalidArguments, LeaseLost, TaskflowError
 from taskflow.middleware import Context, build_stack
 from taskflow.middleware.retries import describe
+from taskflow.results import store_refusal
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -399,7 +400,7 @@ class Worker:
                 message.queue,
                 message.actor,
             )
-            await self._settle_quietly(delivery.nack, f"unknown_actor: {message.actor[:100]}")
+            await self._refuse(delivery, f"unknown_actor: {message.actor[:100]}")
             return
         try:
             args, kwargs = actor.params.convert(message.args, message.kwargs)
@@ -410,9 +411,7 @@ class Worker:
                 actor.name,
                 message.queue,
             )
-            await self._settle_quietly(
-                delivery.nack, f"invalid_arguments: {redact(str(exc))}"[:500]
-            )
+            await self._refuse(delivery, f"invalid_arguments: {redact(str(exc))}"[:500])
             return
         ctx = Context(self, delivery, actor, args, kwargs)
         if not actor.is_async and not await self._take_thread(delivery):
@@ -453,6 +452,11 @@ class Worker:
             return await self._pool.run(call, actor.name, limit, grace)
         finally:
             ctx.interrupt = None
+
+    async def _refuse(self, delivery: Delivery, reason: str) -> None:
+        """Dead-letter a message that cannot run, and store why for whoever waits on it."""
+        await self._settle_quietly(delivery.nack, reason)
+        await store_refusal(self.broker.results, delivery.message.id, reason)
 
     async def _settle_quietly(self, settle: Callable[..., Any], *args: Any) -> None:
         """Settle a delivery; a lost lease or connection is logged, never raised."""

@@ -11,7 +11,9 @@ import anyio
 import msgspec
 import pytest
 
+import taskflow
 from taskflow import Broker, BrokerUnavailable, ResultFailed, ResultTimeout, Worker
+from taskflow.broker import Envelope
 from taskflow.brokers.memory import MemoryBroker
 from taskflow.errors import ResultsNotConfigured
 from taskflow.results import ResultRecord
@@ -364,3 +366,64 @@ async def test_none_turns_off_an_actor_callback_for_one_message() -> None:
         await job.send_with_options(args=(2,), on_success=None)
         await drain(broker)
     assert calls == [("success", loud.id, 1)]
+
+
+async def _refused(broker: Broker, message: taskflow.Message[Any]) -> ResultFailed:
+    """Run a worker over ``message`` and return how its result fails, waiting 30 s at most."""
+    await broker.enqueue([message])
+    async with Worker(broker):
+        await broker.join("default", timeout=10)
+    with anyio.fail_after(2), pytest.raises(ResultFailed) as failed:  # at once, not in 30 s
+        await message.result(timeout=30)
+    return failed.value
+
+
+async def test_a_message_for_an_unknown_actor_fails_its_result_at_once() -> None:
+    broker = MemoryBroker(results=True)
+
+    @broker.actor(store_results=True)
+    async def known() -> int:
+        return 1
+
+    ghost = msgspec.structs.replace(known.message(), actor="ghost").bind(broker)
+    failed = await _refused(broker, ghost)
+    assert failed.type_name == "ActorNotFound"
+    assert failed.message == "unknown_actor: ghost"
+
+
+async def test_arguments_that_do_not_fit_fail_the_result_at_once() -> None:
+    broker = MemoryBroker(results=True)
+
+    @broker.actor(store_results=True)
+    async def double(x: int) -> int:
+        return 2 * x
+
+    wrong = msgspec.structs.replace(double.message(1), args=("two",)).bind(broker)
+    failed = await _refused(broker, wrong)
+    assert failed.type_name == "InvalidArguments"
+    assert failed.message.startswith("invalid_arguments: ")
+
+
+async def test_bodies_refused_by_the_broker_fail_their_results_at_once() -> None:
+    broker = MemoryBroker(results=True, max_deliveries=1)
+
+    @broker.actor(store_results=True)
+    async def work() -> int:
+        return 1
+
+    async with broker:
+        # Given a message past its delivery limit and a body that does not decode
+        over = await work.send()
+        async for delivery in broker.consume("default"):
+            await delivery.requeue()  # a delivery counted, as after a crash
+            break
+        await broker._enqueue("default", [Envelope("01BADBODY0000000000000000", b"{nope", 0, 0.0)])
+        async with Worker(broker):
+            await broker.join("default", timeout=10)
+        # Expect each failed at once, with the reason
+        with anyio.fail_after(2), pytest.raises(ResultFailed) as failed:
+            await over.result(timeout=30)
+        assert failed.value.type_name == "DeliveryLimitExceeded"
+        assert broker.results is not None
+        record = await broker.results.fetch("01BADBODY0000000000000000", 0)
+        assert (record.ok, record.error_type) == (False, "DecodeError")

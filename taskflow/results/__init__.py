@@ -16,6 +16,7 @@ host, same file as the ``SQLiteBroker`` by default) and :class:`RedisResults`
 
 from __future__ import annotations
 
+import logging
 import traceback
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
     from taskflow.message import Message
     from taskflow.results.memory import MemoryResults
     from taskflow.results.redis import RedisResults
+
+logger = logging.getLogger("taskflow.results")
 
 __all__ = [
     "MemoryResults",
@@ -68,6 +71,45 @@ def failure_record(exc: BaseException) -> ResultRecord:
     return ResultRecord(
         ok=False, error_type=type(exc).__name__, error=redact(str(exc)), traceback=text
     )
+
+
+#: Seconds the failure of a message refused before it ran is kept (the default result TTL).
+REFUSED_TTL = 3600.0
+
+_REFUSED_TYPES = {
+    "unknown_actor": "ActorNotFound",
+    "invalid_arguments": "InvalidArguments",
+    "too_large": "MessageTooLarge",
+    "decode_error": "DecodeError",
+    "delivery_limit_exceeded": "DeliveryLimitExceeded",
+}
+
+
+def refused_record(reason: str) -> ResultRecord:
+    """The failure of a message dead-lettered before it ran, for whoever waits on its result.
+
+    ``reason`` is the dead-letter reason (``kind: detail``); the kind names the error type.
+    """
+    kind = reason.split(":", 1)[0]
+    error_type = _REFUSED_TYPES.get(kind, "DeadLettered")
+    return ResultRecord(ok=False, error_type=error_type, error=redact(reason))
+
+
+async def store_refusal(backend: ResultBackend | None, message_id: str, reason: str) -> None:
+    """Store the failure of a message dead-lettered before it ran (unless a success is stored).
+
+    So that ``await message.result()`` raises :class:`taskflow.ResultFailed`
+    with the reason at once instead of waiting for its timeout. A backend
+    that cannot be reached is logged, never raised: the message is in dead
+    letters either way.
+    """
+    if backend is None:
+        return
+    try:
+        if not await backend.succeeded(message_id):
+            await backend.store(message_id, refused_record(reason), REFUSED_TTL)
+    except Exception as exc:
+        logger.warning("could not store the failure of message %s: %s", message_id, exc)
 
 
 _record_decoder = msgspec.json.Decoder(ResultRecord)
