@@ -18,7 +18,7 @@ import pytest
 
 from taskflow import BrokerUnavailable, LeaseLost, Worker, broker_from_url
 from taskflow.brokers.rabbitmq import MAX_DELAY, PublishRejected, RabbitMQBroker, Unroutable
-from taskflow.brokers.rabbitmq._headers import H_DELAY_LEFT, dead_record
+from taskflow.brokers.rabbitmq._headers import H_DEAD_AT, H_DELAY_LEFT, H_REASON, dead_record
 from taskflow.brokers.rabbitmq._topology import UNIT_MS, delay_units, routing_key
 from tests.apps.rabbitmq_app import (
     CONTRACT_PREFIX,
@@ -104,6 +104,43 @@ def test_dead_letters_written_by_rabbitmq_get_a_reason() -> None:
     assert record.reason.startswith("delivery_limit_exceeded") and record.id == "m1"
     assert abs(record.dead_at - when) < 1
     assert dead_record(got({"x-tf-reason": "own", "x-tf-dead-at": when})).reason == "own"
+
+
+async def test_dead_letters_keep_their_time_to_the_millisecond(make: Make, queue: str) -> None:
+    broker = make()
+
+    @broker.actor(queue=queue)
+    async def echo(x: int) -> int:
+        return x
+
+    async with broker:
+        sent = await echo.send(1)
+        [d] = await take(broker, queue)
+        before = time.time()
+        await d.nack("failed: for the test")
+        after = time.time()
+        [dead] = await broker.dead_letters(queue)
+        assert dead.id == sent.id
+        # An AMQP float is 32 bits: a unix time in one is off by up to 64 s.
+        assert before - 0.001 <= dead.dead_at.timestamp() <= after + 0.001
+        names = await broker._declarer.ensure(queue)
+
+        async def peek(channel: Any) -> Any:
+            got = await channel.basic_get(names.dead, no_ack=False)
+            return got.header.properties.headers[H_DEAD_AT]
+
+        stored = await broker._link.on_fresh_channel(peek, "peek")
+        assert isinstance(stored, int) and before * 1000 - 1 <= stored <= after * 1000 + 1
+
+
+def test_dead_letter_times_written_as_seconds_still_read() -> None:
+    def got(headers: dict[str, Any]) -> Any:
+        properties = SimpleNamespace(message_id="m1", headers=headers)
+        return SimpleNamespace(header=SimpleNamespace(properties=properties), body=b"x")
+
+    assert dead_record(got({H_REASON: "r", H_DEAD_AT: 1_700_000_000.0})).dead_at == 1_700_000_000
+    ms = dead_record(got({H_REASON: "r", H_DEAD_AT: 1_700_000_000_123})).dead_at
+    assert ms == 1_700_000_000.123
 
 
 # -- failures that must be loud -------------------------------------------------

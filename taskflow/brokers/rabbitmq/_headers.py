@@ -5,8 +5,10 @@
   message and carries its count along).
 * ``x-tf-delay-left``: milliseconds still to wait after one pass through
   the delay ladder.
-* ``x-tf-reason``, ``x-tf-dead-at``: why and when a message was
-  dead-lettered by taskflow.
+* ``x-tf-reason``, ``x-tf-dead-at``: why and when (unix time in integer
+  milliseconds) a message was dead-lettered by taskflow. Not a float: pamqp
+  writes a Python float as an AMQP 32-bit float, which holds today's unix
+  time only to 128 s. Letters written in seconds earlier are still read.
 
 RabbitMQ adds its own: ``x-delivery-count`` (quorum queues) and ``x-death``
 (when the server dead-letters a message itself).
@@ -59,9 +61,22 @@ def delay_left(message: DeliveredMessage) -> int:
     return header_int((message.header.properties.headers or {}).get(H_DELAY_LEFT))
 
 
+#: Below this a stored time is in seconds (written by older versions), above in milliseconds.
+_MS_FROM = 100_000_000_000
+
+
 def dead_headers(reason: str) -> dict[str, Any]:
     """Headers of a message taskflow dead-letters now for ``reason``."""
-    return {H_REASON: reason[:1000], H_DEAD_AT: time.time()}
+    return {H_REASON: reason[:1000], H_DEAD_AT: time.time_ns() // 1_000_000}
+
+
+def _unix_time(value: Any) -> float | None:
+    """Seconds from a stored time: milliseconds, seconds, or an AMQP timestamp."""
+    if isinstance(value, dt.datetime):
+        return value.timestamp()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return value / 1000 if value >= _MS_FROM else float(value)
 
 
 def dead_record(got: DeliveredMessage) -> DeadRecord:
@@ -82,15 +97,13 @@ def dead_record(got: DeliveredMessage) -> DeadRecord:
             if cause == "delivery_limit"
             else f"rabbitmq_{cause}: dead-lettered by RabbitMQ"
         )
-        when = death.get("time")
-        dead_at = when.timestamp() if isinstance(when, dt.datetime) else None
+        dead_at = death.get("time")
     if isinstance(reason, bytes):
         reason = reason.decode(errors="replace")
-    try:
-        dead_at_unix = float(dead_at) if dead_at is not None else time.time()
-    except (TypeError, ValueError):
-        dead_at_unix = time.time()
-    return DeadRecord(properties.message_id or "", got.body, str(reason), dead_at_unix)
+    when = _unix_time(dead_at)
+    return DeadRecord(
+        properties.message_id or "", got.body, str(reason), time.time() if when is None else when
+    )
 
 
 def new_message_id() -> str:
