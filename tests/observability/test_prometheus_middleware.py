@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import anyio
 import pytest
 from prometheus_client import CollectorRegistry
@@ -158,3 +160,28 @@ def test_tallied_observations_publish_as_observe_would() -> None:
         ), le
     assert value(registry, "tallied_sum") == value(registry, "observed_sum")
     assert value(registry, "tallied_bucket", le="0.001") == 3
+
+
+def test_one_sampler_at_a_time_among_processes_sharing_a_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from taskflow.middleware.prometheus import MULTIPROC_ENV, _SamplerLock
+
+    monkeypatch.setenv(MULTIPROC_ENV, str(tmp_path))
+    with _SamplerLock() as first:
+        with _SamplerLock() as second:  # another open file, as another process has
+            assert first.acquire()
+            assert not second.acquire()
+            assert first.acquire()  # the holder keeps it
+        with _SamplerLock() as third:
+            assert not third.acquire()
+    with _SamplerLock() as after:  # the holder is gone: the lock is free
+        assert after.acquire()
+
+
+def test_without_a_shared_directory_every_process_samples(monkeypatch: pytest.MonkeyPatch) -> None:
+    from taskflow.middleware.prometheus import MULTIPROC_ENV, _SamplerLock
+
+    monkeypatch.delenv(MULTIPROC_ENV, raising=False)
+    with _SamplerLock() as lock:
+        assert lock.acquire()
