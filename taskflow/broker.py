@@ -145,6 +145,15 @@ class Receipt(ABC):
     async def requeue(self) -> None:
         """Return the message unchanged, ready at once, without counting a retry."""
 
+    async def start(self) -> bool:
+        """The worker is about to run the message; return False if it must not (lease lost).
+
+        A transport that tells a message running when its worker died (a
+        suspect) from one merely fetched records it here. The default
+        records nothing.
+        """
+        return True
+
 
 class Delivery:
     """One message handed to a consumer, with the means to settle it.
@@ -207,6 +216,10 @@ class Delivery:
                 return
             self.settled = True
             await self._receipt.retry(body, max(delay, 0.0))
+
+    async def start(self) -> bool:
+        """Tell the transport the message is about to run; False: its lease is lost, skip it."""
+        return await self._receipt.start()
 
     async def requeue(self) -> None:
         """Hand the message back unchanged (shutdown, cancellation); no retry is counted."""

@@ -416,6 +416,8 @@ class Worker:
         ctx = Context(self, delivery, actor, args, kwargs)
         if not actor.is_async and not await self._take_thread(delivery):
             return
+        if not await delivery.start():
+            return  # its lease was taken back: it runs elsewhere
         try:
             ctx.result = await self._stack(ctx)
         except anyio.get_cancelled_exc_class():

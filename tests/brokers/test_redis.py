@@ -279,7 +279,8 @@ async def test_late_ack_after_lost_lease_is_refused(make: Make, queue: str) -> N
     async with first, second:
         sent = await echo.send(1)
         [stale] = await take(first, queue)
-        # The heartbeat of this delivery stalls: its lease runs out.
+        assert await stale.start()  # the worker runs it...
+        # ... and the heartbeat of this delivery stalls: its lease runs out.
         first._tables[queue].remove(stale._receipt)  # type: ignore[arg-type]
         [fresh] = await take(second, queue, timeout=5)
         assert fresh.message.id == sent.id and fresh.delivery_count == 2
@@ -320,16 +321,21 @@ async def test_reaper_returns_orphans_of_a_dead_consumer_on_an_idle_queue(
     admin = redis.Redis.from_url(redis_url)
     async with crashed, survivor:
         await echo.send_many([(i,) for i in range(3)])
-        # A consumer that fetched and died: no heartbeat, no hand-back.
+        # A consumer that fetched, started one, and died: no heartbeat, no hand-back.
         _, receipts = await crashed._fetch(crashed._queue(queue), 10)
         assert len(receipts) == 3
+        assert await receipts[0].start()
         survivor._start_keeper()
-        ready = key(survivor, queue, "ready")
-        elapsed = await poll(lambda: admin.zcard(ready) == 3, 5)
+        ready, suspects = key(survivor, queue, "ready"), key(survivor, queue, "suspects")
+        elapsed = await poll(lambda: (admin.zcard(ready), admin.zcard(suspects)) == (2, 1), 5)
         # Nobody fetched or asked for stats: the reaper did it, in time.
         assert 0.8 <= elapsed <= 1.0 + 0.5 + 0.5, elapsed
-        got = await take(survivor, queue, 3, prefetch=3)
-        assert [d.delivery_count for d in got] == [2, 2, 2]
+        got = {d.message.id: d for d in await take(survivor, queue, 3, prefetch=3)}
+        # The started one counts its delivery; the two it never started come back
+        # as if never fetched.
+        assert got.keys() == {r.message_id for r in receipts}
+        counts = [got[r.message_id].delivery_count for r in receipts]
+        assert counts == [2, 1, 1]
     admin.close()
 
 

@@ -423,3 +423,36 @@ async def test_a_100k_backlog_drains_with_bounded_worker_memory(
     # Prefetch bounds what a worker holds: memory does not grow with the backlog.
     assert peak - baseline < 25 * 1024, (baseline, peak)
     print(f"100k: enqueued in {enqueued_in:.1f} s, drained in {drained_in:.1f} s")
+
+
+# -- S25: a worker-killing message among innocents ------------------------------
+
+
+async def test_a_killer_among_innocents_is_isolated_and_only_it_is_dead_lettered(
+    redis_url: str, rig_factory: Callable[..., Rig]
+) -> None:
+    rig = rig_factory(redis_url, visibility_timeout=1.0, reaper_interval=0.25, max_deliveries=3)
+    async with rig.broker:
+        # Given: a message that kills its worker, first in line, fetched in the
+        # same batches as twenty good ones that take a while each.
+        poison = await rig.actor("crash").send_with_options(priority=10)
+        good = await rig.actor("record").send_many([(300,)] * 20)
+        cli = rig.start("w", "--concurrency", "4")
+        # Expect: the killer is cornered and dead-lettered; every good one completes.
+        await rig.broker.join(QUEUE, timeout=60)
+        [dead] = await rig.broker.dead_letters(QUEUE)
+        assert cli.process.poll() is None
+    assert dead.id == poison.id and dead.reason.startswith("delivery_limit_exceeded")
+    rows = rig.rows()
+    # It ran max_deliveries times, each run a crash; no more.
+    assert [r[1] for r in rows if r[0] == poison.id] == [1, 2, 3]
+    assert len(cli.pids()) == 4
+    starts = by_id([r for r in rows if r[3] == "start" and r[0] != poison.id])
+    done = Counter(r[0] for r in rows if r[3] == "done")
+    assert done == Counter({m.id: 1 for m in good})
+    # An innocent is charged only when it was running (started) beside the
+    # killer at a crash: at most one per other running slot per crash (the
+    # prefetched ones come back uncharged), and never past its last chance.
+    charged = sum(runs[-1][1] - 1 for runs in starts.values())
+    assert 1 <= charged <= 3 * (4 - 1), charged
+    assert all(runs[-1][1] <= 3 for runs in starts.values())

@@ -96,7 +96,14 @@ _SCRIPTS = {
     "purge": _scripts.PURGE,
     "purge_dead": _scripts.PURGE_DEAD,
 }
-_VERBS = {"a": "ack", "d": "dead-letter", "r": "retry", "q": "requeue", "u": "hand back"}
+_VERBS = {
+    "a": "ack",
+    "d": "dead-letter",
+    "r": "retry",
+    "q": "requeue",
+    "u": "hand back",
+    "f": "deferral",
+}
 _WHY = {
     _scripts.OWNED_BY_OTHER: "another consumer holds it now",
     _scripts.NOT_OWNED: "it went back to the queue",
@@ -407,6 +414,7 @@ class RedisBroker(Broker):
                     if not receipt.lost:
                         yield receipt
                 try:
+                    await self._sit_out(q)
                     # Shielded: a fetch cancelled after Redis ran it would
                     # strand its messages until their leases expire.
                     with anyio.CancelScope(shield=True):
@@ -429,10 +437,22 @@ class RedisBroker(Broker):
                 with anyio.CancelScope(shield=True), anyio.move_on_after(self.socket_timeout):
                     await q.hand_back(list(batch))
 
+    async def _sit_out(self, q: _Queue) -> None:
+        """Fetch nothing while this consumer runs a group of suspects, so they run apart.
+
+        Bounded by a lease: a suspect still running after it has had its
+        lease renewed and need not keep the queue waiting any longer.
+        """
+        quarantine = q.quarantine
+        if quarantine is not None:
+            with anyio.move_on_after(self.visibility_timeout):
+                await quarantine.settled.wait()
+            q.quarantine = None
+
     async def _fetch(self, q: _Queue, prefetch: int) -> tuple[int, list[_RedisReceipt]]:
         self._fetches += 1
         token = f"{self._consumer_id}:{self._fetches}"
-        wait_ms, items = await self._script(
+        wait_ms, items, suspects = await self._script(
             "fetch",
             q.keys,
             [
@@ -440,6 +460,7 @@ class RedisBroker(Broker):
                 token,
                 _ms(self.visibility_timeout),
                 self.max_message_size + GROWTH_ALLOWANCE,
+                self.max_deliveries,
             ],
         )
         receipts = []
@@ -454,6 +475,14 @@ class RedisBroker(Broker):
                 )
                 continue
             receipts.append(_RedisReceipt(q, rid, token, body, count))
+        if suspects and receipts:
+            q.quarantine = _Quarantine(receipts)
+            logger.warning(
+                "running %d message(s) of queue %s apart from other work: each was running "
+                "when a worker died (suspects)",
+                len(receipts),
+                q.name,
+            )
         q.leases.add(receipts)
         return int(wait_ms), receipts
 
@@ -555,23 +584,56 @@ class _Queue:
         self.leases = leases
         self.settler = Settler(self._flush)
         self.outage = broker._outage(f"settling on {name}")
+        #: The group of suspects this queue's consumer runs, if any.
+        self.quarantine: _Quarantine | None = None
 
     async def _flush(self, items: Sequence[Item]) -> list[int]:
         return await self.broker._settle(self, items)
 
     async def settle(self, receipt: _RedisReceipt, op: str, a: Any = "", b: int = 0) -> None:
         self.leases.remove(receipt)
-        status = await self.settler.submit((op, receipt.wid, receipt.token, a, b))
+        try:
+            status = await self.settler.submit((op, receipt.wid, receipt.token, a, b))
+        finally:
+            if receipt.quarantine is not None:
+                receipt.quarantine.release(receipt)
         if status != _scripts.APPLIED:
             raise LeaseLost(
                 f"{_VERBS[op]} of message {receipt.message_id} on queue {self.name} refused: "
                 f"its lease expired and {_WHY.get(status, 'it moved')}"
             )
 
+    async def start(self, receipt: _RedisReceipt) -> bool:
+        """Record that the worker runs ``receipt`` now; False if its lease is gone.
+
+        Joins the queue's settle batch: one script call for every message
+        starting (and settling) in the same loop turn. If Redis cannot be
+        reached the message runs all the same; a crash then returns it as
+        fetched, not as a suspect.
+        """
+        try:
+            status = await self.settler.submit(("s", receipt.wid, receipt.token, "", 0))
+        except BrokerError as exc:
+            logger.warning("could not record the start of %s (%s)", receipt.message_id, exc)
+            return True
+        if status == _scripts.APPLIED and not receipt.lost:
+            return True
+        self.leases.remove(receipt)
+        if receipt.quarantine is not None:
+            receipt.quarantine.release(receipt)
+        logger.warning(
+            "lease_lost: message %s on queue %s was taken back before it started; not running it",
+            receipt.message_id,
+            self.name,
+        )
+        return False
+
     async def hand_back(self, receipts: list[_RedisReceipt]) -> None:
         """Return fetched but unstarted messages, without counting their delivery."""
         for r in receipts:
             self.leases.remove(r)
+            if r.quarantine is not None:
+                r.quarantine.release(r)
         items: list[Item] = [("u", r.wid, r.token, "", 0) for r in receipts if not r.lost]
         try:
             for start in range(0, len(items), _CHUNK):
@@ -586,8 +648,26 @@ class _Queue:
             )
 
 
+class _Quarantine:
+    """A group of suspects fetched together; its consumer waits until all are settled."""
+
+    __slots__ = ("pending", "settled")
+
+    def __init__(self, receipts: list[_RedisReceipt]) -> None:
+        self.pending = {id(r) for r in receipts}
+        self.settled = anyio.Event()
+        for r in receipts:
+            r.quarantine = self
+
+    def release(self, receipt: _RedisReceipt) -> None:
+        self.pending.discard(id(receipt))
+        receipt.quarantine = None
+        if not self.pending:
+            self.settled.set()
+
+
 class _RedisReceipt(Receipt):
-    __slots__ = ("lost", "queue", "rid", "token", "wid")
+    __slots__ = ("lost", "quarantine", "queue", "rid", "token", "wid")
 
     def __init__(self, queue: _Queue, rid: bytes, token: str, body: bytes, count: int) -> None:
         wid = _scripts.wire(rid)
@@ -599,6 +679,7 @@ class _RedisReceipt(Receipt):
         self.wid = wid
         self.token = token
         self.lost = False
+        self.quarantine: _Quarantine | None = None
 
     async def ack(self) -> None:
         await self.queue.settle(self, "a")
@@ -611,3 +692,9 @@ class _RedisReceipt(Receipt):
 
     async def requeue(self) -> None:
         await self.queue.settle(self, "q")
+
+    async def defer(self, delay: float) -> None:
+        await self.queue.settle(self, "f", "", _ms(delay))
+
+    async def start(self) -> bool:
+        return await self.queue.start(self)

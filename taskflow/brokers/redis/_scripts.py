@@ -1,7 +1,8 @@
 """The Lua scripts behind every state change of the Redis broker.
 
-Each script works on one queue and receives the same thirteen keys, in the
-order of :data:`QUEUE_KEYS`, all under the namespace's hash tag. Times are
+Each script works on one queue and receives the same sixteen keys, in the
+order of :data:`QUEUE_KEYS` then the set of queues (the settle script a
+seventeenth: its receipt), all under the namespace's hash tag. Times are
 milliseconds of the server's clock (``TIME``), never a client's.
 
 Batches travel as one MessagePack argument (:func:`pack`), decoded in the
@@ -32,6 +33,9 @@ QUEUE_KEYS = (
     "dead_reason",  # hash: id -> reason
     "notify",  # list: at most one token, wakes a consumer blocked on it
     "seq",  # counter: the sequence numbers of ready members
+    "suspects",  # zset: id -> sequence; ready messages that were running when a worker died
+    "crashes",  # hash: id -> how many times it was running when its worker died
+    "started",  # hash: id -> lease token under which the worker started running it
 )
 
 # Status codes of settle operations.
@@ -72,7 +76,8 @@ def pack(items: Any) -> bytes:
 
 _PRELUDE = """
 local READY, DELAYED, INFLIGHT, BODY, DC, PRI, OWNER = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
-local DEAD, DEAD_BODY, DEAD_REASON, NOTIFY, SEQ, QUEUES = KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[13]
+local DEAD, DEAD_BODY, DEAD_REASON, NOTIFY, SEQ = KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]
+local SUSPECTS, CRASHES, STARTED, QUEUES = KEYS[13], KEYS[14], KEYS[15], KEYS[16]
 
 -- At maxmemory with noeviction, Redis refuses the first command of a script
 -- that may grow memory, and lets the later ones through so as not to stop a
@@ -118,16 +123,57 @@ local function id_of(m)
   return string.sub(m, 17)
 end
 
+-- Makes ids ready: suspects (see reap) to their own set, the rest by priority.
 local function to_ready(ids)
   if #ids == 0 then return end
   local pris = redis.call('HMGET', PRI, unpack(ids))
+  local crashes = redis.call('HMGET', CRASHES, unpack(ids))
   local base = sequence(#ids)
-  local args = {}
+  local args, suspects = {}, {}
   for i, id in ipairs(ids) do
-    args[#args + 1] = -(tonumber(pris[i]) or 0)
-    args[#args + 1] = member(base + i, id)
+    if crashes[i] then
+      suspects[#suspects + 1] = base + i
+      suspects[#suspects + 1] = id
+    else
+      args[#args + 1] = -(tonumber(pris[i]) or 0)
+      args[#args + 1] = member(base + i, id)
+    end
   end
   bulk('ZADD', READY, args)
+  bulk('ZADD', SUSPECTS, suspects)
+end
+
+-- How many messages a suspect may run with, itself included: half the batch
+-- per crash it was part of, so that a group holding a killer shrinks at each
+-- crash until the killer runs alone, while innocent suspects still run side
+-- by side; alone when its next delivery is its last (an innocent never spends
+-- its last chance beside a killer).
+local function company(limit, crashes, count, max_deliveries)
+  if count + 1 >= max_deliveries then return 1 end
+  return math.max(1, math.floor(limit / 2 ^ crashes))
+end
+
+-- Takes the next group of suspects (up to n, as company allows), oldest first.
+local function suspects(n, max_deliveries)
+  local candidates = redis.call('ZRANGE', SUSPECTS, 0, n - 1)
+  if #candidates == 0 then return {} end
+  local crashes = redis.call('HMGET', CRASHES, unpack(candidates))
+  local counts = redis.call('HMGET', DC, unpack(candidates))
+  local group, size = {}, n
+  for i, id in ipairs(candidates) do
+    local own = company(n, tonumber(crashes[i]) or 1, tonumber(counts[i]) or 0, max_deliveries)
+    if own < size then size = own end
+    if #group >= size then break end
+    group[#group + 1] = id
+  end
+  redis.call('ZREM', SUSPECTS, unpack(group))
+  return group
+end
+
+-- Forgets that ids were started or ever running at a crash (they are done).
+local function acquit(ids)
+  bulk('HDEL', STARTED, ids)
+  bulk('HDEL', CRASHES, ids)
 end
 
 local function promote(now, limit)
@@ -139,12 +185,26 @@ local function promote(now, limit)
   return #due
 end
 
+-- Returns expired leases. A message its worker had started under that lease
+-- was running when the worker died: it may be what killed it, so it becomes
+-- a suspect (its delivery stays counted). One fetched but never started
+-- gets its delivery back: it did nothing wrong.
 local function reap(now, limit)
   local expired = redis.call('ZRANGEBYSCORE', INFLIGHT, '-inf', now, 'LIMIT', 0, limit)
   if #expired > 0 then
-    to_ready(expired)
     redis.call('ZREM', INFLIGHT, unpack(expired))
+    local owners = redis.call('HMGET', OWNER, unpack(expired))
+    local started = redis.call('HMGET', STARTED, unpack(expired))
+    for i, id in ipairs(expired) do
+      if started[i] and started[i] == owners[i] then
+        redis.call('HINCRBY', CRASHES, id, 1)
+      elseif (tonumber(redis.call('HGET', DC, id)) or 0) > 0 then
+        redis.call('HINCRBY', DC, id, -1)
+      end
+    end
     redis.call('HDEL', OWNER, unpack(expired))
+    redis.call('HDEL', STARTED, unpack(expired))
+    to_ready(expired)
   end
   return #expired
 end
@@ -156,6 +216,8 @@ local function bury(id, reason, now)
   redis.call('HDEL', BODY, id)
   redis.call('HDEL', DC, id)
   redis.call('HDEL', PRI, id)
+  redis.call('HDEL', CRASHES, id)
+  redis.call('HDEL', STARTED, id)
 end
 
 -- Adds {due, id, due, id, ...} to the delayed set. An idle consumer waits no
@@ -227,8 +289,10 @@ return #bodies / 2
 """
 )
 
-# ARGV: n, lease token, lease ms, max message size.
-# Returns {ms until the next delayed message is due or -1, {id, body, count, ...}}.
+# ARGV: n, lease token, lease ms, max message size, max deliveries.
+# Returns {ms until the next delayed message is due or -1, {id, body, count,
+# ...}, 1 if these are suspects else 0}. Suspects come first and alone, in a
+# group of suspects only (see company), never mixed with fresh messages.
 # Expired leases are left to the reaper (see _keeper), which holds back after
 # an outage so that live workers renew theirs first.
 # A body over the size limit is dead-lettered here and comes back as
@@ -238,13 +302,17 @@ FETCH = (
     + """
 even_when_full()
 local n, token, lease, max_size = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local max_deliveries = tonumber(ARGV[5])
 local now = now_ms()
 promote(now, 1000)
-local popped = redis.call('ZPOPMIN', READY, n)
-local out = {}
-if #popped > 0 then
-  local ids = {}
+local ids = suspects(n, max_deliveries)
+local group = #ids > 0 and 1 or 0
+if group == 0 then
+  local popped = redis.call('ZPOPMIN', READY, n)
   for i = 1, #popped, 2 do ids[#ids + 1] = id_of(popped[i]) end
+end
+local out = {}
+if #ids > 0 then
   local bodies = redis.call('HMGET', BODY, unpack(ids))
   local counts = redis.call('HMGET', DC, unpack(ids))
   local deadline = now + lease
@@ -271,40 +339,62 @@ if #popped > 0 then
   bulk('HSET', DC, dc)
   bulk('ZADD', INFLIGHT, inflight)
   bulk('HSET', OWNER, owner)
-  if redis.call('ZCARD', READY) > 0 then notify() end
+  if redis.call('ZCARD', READY) + redis.call('ZCARD', SUSPECTS) > 0 then notify() end
 end
 local wait = -1
 if #out == 0 then
   local first = redis.call('ZRANGE', DELAYED, 0, 0, 'WITHSCORES')
   if first[2] then wait = math.max(0, tonumber(first[2]) - now) end
 end
-return {wait, out}
+return {wait, out, group}
 """
 )
 
 # ARGV: packed [[op, id, token, a, b], ...], receipt ttl ms. Ops: a = ack,
 # d = dead-letter (a: reason), r = retry (a: new body, b: delay ms), q =
-# requeue, u = hand back unstarted (requeue without counting the delivery).
-# Only the lease holder may settle; returns one status code per item.
-# KEYS[14] is the batch's receipt: the status codes are kept there for the
+# requeue, u = hand back unstarted (requeue without counting the delivery),
+# f = defer (b: delay ms; this delivery not counted), s = started (the worker
+# is about to run it; the lease stays). Only the lease holder may settle;
+# returns one status code per item.
+# KEYS[17] is the batch's receipt: the status codes are kept there for the
 # ttl, so that a repeat of the call (its reply was lost) gets the answer of
 # the call that was applied, rather than "not owned" for its own work.
 SETTLE = (
     (
         _PRELUDE
         + """
-local receipt = redis.call('GET', KEYS[14])
+local receipt = redis.call('GET', KEYS[17])
 if receipt then return cmsgpack.unpack(receipt) end
 even_when_full()
 local items = cmsgpack.unpack(ARGV[1])
 local ids = {}
 for i, item in ipairs(items) do ids[i] = item[2] end
 local owners = redis.call('HMGET', OWNER, unpack(ids))
-local results, settled, acked, requeued, delayed = {}, {}, {}, {}, {}
+local results, settled, acked, requeued, delayed, done = {}, {}, {}, {}, {}, {}
 local now = nil
+local function later(id, ms)
+  if ms > 0 then
+    now = now or now_ms()
+    delayed[#delayed + 1] = now + ms
+    delayed[#delayed + 1] = id
+  else
+    requeued[#requeued + 1] = id
+  end
+end
 for i, item in ipairs(items) do
   local op, id = item[1], item[2]
-  if owners[i] == item[3] then
+  if owners[i] ~= item[3] then
+    if owners[i] then
+      results[i] = $OWNED_BY_OTHER
+    elseif redis.call('HEXISTS', BODY, id) == 1 then
+      results[i] = $NOT_OWNED
+    else
+      results[i] = $GONE
+    end
+  elseif op == 's' then
+    results[i] = $APPLIED
+    redis.call('HSET', STARTED, id, item[3])
+  else
     results[i] = $APPLIED
     settled[#settled + 1] = id
     if op == 'a' then
@@ -313,42 +403,35 @@ for i, item in ipairs(items) do
       now = now or now_ms()
       bury(id, item[4], now)
     elseif op == 'r' then
+      -- It ran and failed: whatever kills workers, not this one.
       redis.call('HSET', BODY, id, item[4])
       redis.call('HDEL', DC, id)
-      if item[5] > 0 then
-        now = now or now_ms()
-        delayed[#delayed + 1] = now + item[5]
-        delayed[#delayed + 1] = id
-      else
-        requeued[#requeued + 1] = id
-      end
+      done[#done + 1] = id
+      later(id, item[5])
     else
-      if op == 'u' then redis.call('HINCRBY', DC, id, -1) end
-      requeued[#requeued + 1] = id
+      if op ~= 'q' then redis.call('HINCRBY', DC, id, -1) end
+      later(id, op == 'f' and item[5] or 0)
     end
-  elseif owners[i] then
-    results[i] = $OWNED_BY_OTHER
-  elseif redis.call('HEXISTS', BODY, id) == 1 then
-    results[i] = $NOT_OWNED
-  else
-    results[i] = $GONE
   end
 end
 if #settled > 0 then
   bulk('ZREM', INFLIGHT, settled)
   bulk('HDEL', OWNER, settled)
+  bulk('HDEL', STARTED, settled)
 end
 if #acked > 0 then
   bulk('HDEL', BODY, acked)
   bulk('HDEL', DC, acked)
   bulk('HDEL', PRI, acked)
+  acquit(acked)
 end
+acquit(done)
 add_delayed(delayed)
 if #requeued > 0 then
   to_ready(requeued)
   notify()
 end
-redis.call('SET', KEYS[14], cmsgpack.pack(results), 'PX', ARGV[2])
+redis.call('SET', KEYS[17], cmsgpack.pack(results), 'PX', ARGV[2])
 return results
 """
     )
@@ -405,7 +488,7 @@ STATS = (
 local now = now_ms()
 local due = redis.call('ZCOUNT', DELAYED, '-inf', now)
 return {
-  redis.call('ZCARD', READY) + due,
+  redis.call('ZCARD', READY) + redis.call('ZCARD', SUSPECTS) + due,
   redis.call('ZCARD', DELAYED) - due,
   redis.call('ZCARD', INFLIGHT),
   redis.call('ZCOUNT', DEAD, '(' .. (now - tonumber(ARGV[1])), '+inf'),
@@ -455,6 +538,7 @@ for _, id in ipairs(ids) do
     redis.call('HSET', BODY, id, body)
     redis.call('HDEL', DC, id)
     redis.call('HDEL', PRI, id)
+    redis.call('HDEL', CRASHES, id)
     moved[#moved + 1] = id
   end
 end
@@ -472,7 +556,7 @@ PURGE = (
     _PRELUDE
     + """
 local limit, n = tonumber(ARGV[1]), 0
-for _, key in ipairs({READY, DELAYED}) do
+for _, key in ipairs({READY, DELAYED, SUSPECTS}) do
   local members = redis.call('ZRANGE', key, 0, limit - 1)
   if #members > 0 then
     redis.call('ZREM', key, unpack(members))
@@ -484,6 +568,7 @@ for _, key in ipairs({READY, DELAYED}) do
     redis.call('HDEL', BODY, unpack(ids))
     redis.call('HDEL', DC, unpack(ids))
     redis.call('HDEL', PRI, unpack(ids))
+    acquit(ids)
     n = n + #members
   end
 end
