@@ -23,7 +23,16 @@ import pytest
 import redis
 import redis.asyncio.connection
 
-from taskflow import BrokerError, BrokerUnavailable, Delivery, LeaseLost, Worker, broker_from_url
+from taskflow import (
+    BrokerError,
+    BrokerUnavailable,
+    Delivery,
+    LeaseLost,
+    ResultFailed,
+    Worker,
+    broker_from_url,
+)
+from taskflow.broker import Envelope
 from taskflow.brokers.redis import RedisBroker
 from tests.apps.redis_app import RedisServer, delete_namespace, free_port, make_certificates
 from tests.brokers.test_contract import take
@@ -598,3 +607,25 @@ async def test_keeper_backs_off_while_redis_is_down(
     assert caplog.text.count("lease heartbeat lost the connection") == 1
     assert caplog.text.count("lease heartbeat reconnected") == 1
     assert runs == [1]  # the lease outlived the outage: run once
+
+
+async def test_a_body_the_fetch_script_refuses_as_too_large_fails_its_result_at_once(
+    make: Make,
+) -> None:
+    broker = make(results=True, max_message_size=1024)
+
+    @broker.actor(store_results=True)
+    async def work(text: str) -> None:
+        pass
+
+    async with broker:
+        # Given a body over the limit that reached the server (sent by an older client, say)
+        big = work.message("x" * 5000)
+        await broker._enqueue("default", [Envelope(big.id, broker.codec.encode(big), 0, 0.0)])
+        async with Worker(broker):
+            await broker.join("default", timeout=10)
+        # Expect its result to fail at once, with the reason
+        with anyio.fail_after(2), pytest.raises(ResultFailed) as failed:
+            await big.result(timeout=30)
+    assert failed.value.type_name == "MessageTooLarge"
+    assert failed.value.message.startswith("too_large: ")

@@ -75,6 +75,7 @@ from taskflow.brokers.redis._keys import Keys
 from taskflow.brokers.redis._results import RedisResults
 from taskflow.brokers.redis._settle import Item, Settler
 from taskflow.errors import BrokerError, BrokerUnavailable, LeaseLost
+from taskflow.results import store_refusal
 
 if TYPE_CHECKING:
     from redis.commands.core import AsyncScript
@@ -467,12 +468,15 @@ class RedisBroker(Broker):
         for i in range(0, len(items), 3):
             rid, body, count = items[i], items[i + 1], items[i + 2]
             if count == 0:
+                message_id = rid.decode("utf-8", "replace")
                 logger.warning(
                     "dead-lettering message %s from queue %s (%d bytes): too_large",
-                    rid.decode("utf-8", "replace"),
+                    message_id,
                     q.name,
                     body,
                 )
+                reason = f"too_large: {body} bytes over the limit of {self.max_message_size}"
+                await store_refusal(self.results, message_id, reason)
                 continue
             receipts.append(_RedisReceipt(q, rid, token, body, count))
         if suspects and receipts:
