@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from taskflow.cli._signals import ECHO_WINDOW
-from tests.cli.procs import APP, WorkerCli, alive, busy_env, parent_of, wait_until
+from tests.apps.cli_app import MARKERS_ENV
+from tests.cli.procs import APP, REPO, WorkerCli, alive, busy_env, parent_of, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -164,3 +169,24 @@ def test_children_stop_when_the_parent_is_killed(worker_cli: StartWorker) -> Non
 
     wait_until(lambda: cli.pids("stopped") == children, 10, "orphaned children to stop")
     wait_until(lambda: not any(alive(pid) for pid in children), 10, "orphans to exit")
+
+
+@pytest.mark.skipif(shutil.which("timeout") is None, reason="needs GNU timeout")
+def test_gnu_timeout_stops_the_tree_gracefully(tmp_path: Path) -> None:
+    # GNU timeout signals the worker, then its whole process group.
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    done = subprocess.run(
+        ["timeout", "--preserve-status", "-s", "TERM", "8", sys.executable, "-m", "taskflow"]
+        + ["worker", APP, "--processes", "2", "--shutdown-timeout", "0.5"],
+        cwd=REPO,
+        env={**os.environ, MARKERS_ENV: str(markers), **busy_env()},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    busy = {p.name.split("-")[1] for p in markers.glob("busy-*")}
+    stopped = {p.name.split("-")[1] for p in markers.glob("stopped-*")}
+    assert done.returncode == 0, done.stderr
+    assert len(busy) == 2 and stopped == busy
+    assert "killing the children" not in done.stderr
