@@ -446,6 +446,38 @@ async def test_failed_republish_of_a_redelivery_is_handed_back(
         assert await producer.stats(queue) == (0, 0, 0, 0)
 
 
+async def test_an_ack_that_its_closed_channel_swallowed_raises_lease_lost(
+    make: Make, queue: str
+) -> None:
+    marker = f"swallow-{queue}"
+    broker = make(connection_name=f"taskflow-test {marker}")
+
+    @broker.actor(queue=queue)
+    async def echo(x: int) -> int:
+        return x
+
+    async with broker:
+        sent = await echo.send(1)
+        [d] = await take(broker, queue)
+        receipt: Any = d._receipt
+        consumer, channel = receipt._consumer, receipt._message.channel
+        # Hold the ack after its channel check, where it waits while a
+        # consumer is being renewed, and drop the connection meanwhile.
+        consumer._renewed.clear()
+        acking = asyncio.get_running_loop().create_task(d.ack())
+        await anyio.sleep(0.05)
+        assert await anyio.to_thread.run_sync(close_connections, marker) >= 1
+        with anyio.fail_after(10):
+            while not channel.is_closed:
+                await anyio.sleep(0.01)
+        consumer._renewed.set()
+        with pytest.raises(LeaseLost):  # not reported as done
+            await acking
+        [again] = await take(broker, queue, timeout=15)  # it was not acked: back it comes
+        assert again.message.id == sent.id and again.delivery_count == 2
+        await again.ack()
+
+
 # -- long tasks ----------------------------------------------------------------------
 
 

@@ -20,10 +20,14 @@ Hence the rules kept here:
   tag still unsettled as one ``multiple`` ack (its own tag is one being
   acked, so the server holds it), then the other acks one by one. Everything
   below that lowest unsettled tag is done, handed back or already written.
-* A round that fails (the channel closed under it) fails its waiters: they
-  learn that their settlement may not have reached the server, and RabbitMQ
-  redelivers what it did not get. Nothing is reported as acked that was not
-  written.
+* A round that fails (the channel closed under it, or its frames could not
+  be handed to the connection within ``timeout``: a dead connection's frame
+  buffer is never emptied) fails its waiters: they learn that their
+  settlement may not have reached the server, and RabbitMQ redelivers what
+  it did not get. Nothing is reported as acked that was not written. After
+  a failed round the channel's acks go one by one: a tag whose frame was
+  lost is still unacked on the server, and a ``multiple`` ack must not
+  settle it by accident (for a nack, that would lose the message).
 """
 
 from __future__ import annotations
@@ -50,10 +54,22 @@ def _retrieve(future: asyncio.Future[None]) -> None:
 class ChannelAcks:
     """Unsettled delivery tags of one AMQP channel, and the settlements waiting to be written."""
 
-    __slots__ = ("acks", "channel", "delivered", "nacks", "order", "_round", "_writer")
+    __slots__ = (
+        "acks",
+        "channel",
+        "coalesce",
+        "delivered",
+        "nacks",
+        "order",
+        "timeout",
+        "_round",
+        "_writer",
+    )
 
-    def __init__(self, channel: AbstractChannel) -> None:
+    def __init__(self, channel: AbstractChannel, timeout: float) -> None:
         self.channel = channel
+        self.timeout = timeout
+        self.coalesce = True  # until a round fails
         self.delivered: set[int] = set()  # delivered, not yet asked to be settled
         self.order: deque[int] = deque()  # delivered tags, ascending (lazily pruned)
         self.acks: set[int] = set()  # waiting for the next round
@@ -103,7 +119,7 @@ class ChannelAcks:
         """The frames of one round, in the order they must reach the server."""
         frames: list[Frame] = [(tag, False, True) for tag in sorted(nacks)]
         floor = self.floor()
-        below = [t for t in acks if floor is None or t < floor]
+        below = [t for t in acks if floor is None or t < floor] if self.coalesce else []
         if below:
             frames.append((max(below), len(below) > 1, None))
         frames += [(tag, False, None) for tag in sorted(acks.difference(below))]
@@ -116,8 +132,10 @@ class ChannelAcks:
                 acks, self.acks = self.acks, set()
                 nacks, self.nacks = self.nacks, set()
                 try:
-                    await self._send(self.frames(acks, nacks))
+                    async with asyncio.timeout(self.timeout):
+                        await self._send(self.frames(acks, nacks))
                 except BaseException as exc:
+                    self.coalesce = False
                     done.set_exception(
                         ChannelInvalidStateError(f"settling on a closed channel: {exc!r}")
                     )

@@ -257,7 +257,7 @@ class Consumer:
         if acks is None or acks.channel is not channel:
             for key in [k for k, a in self._acks.items() if a.channel.is_closed]:
                 del self._acks[key]
-            acks = self._acks[id(channel)] = ChannelAcks(channel)
+            acks = self._acks[id(channel)] = ChannelAcks(channel, self.plumbing.link.timeout)
         return acks
 
     async def ack(self, message: DeliveredMessage) -> None:
