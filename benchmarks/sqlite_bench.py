@@ -6,6 +6,8 @@ Run: python benchmarks/sqlite_bench.py [--messages 20000] [--sends 2000] [--sync
 Each scenario uses a fresh database file in a temporary directory:
 
 * ``send``: ``actor.send()`` awaited one after another (one transaction each);
+* ``send x100``: 100 tasks in one process, each awaiting ``actor.send()`` one
+  after another (a web app under load): concurrent sends share commits;
 * ``send_many``: ``actor.send_many()`` in batches of 1,000 (one transaction each);
 * ``process``: ``--messages`` no-op messages already enqueued, drained by one
   ``Worker`` (concurrency 100) in this process, timed until ``broker.join``;
@@ -70,6 +72,27 @@ async def send_one_by_one(sends: int, synchronous: Sync) -> tuple[float, float]:
             for i in range(sends):
                 await noop.send(i)
             return clock.rate(sends)
+
+
+async def send_concurrently(
+    sends: int, synchronous: Sync, senders: int = 100
+) -> tuple[float, float]:
+    with tempfile.TemporaryDirectory() as directory:
+        broker, noop = make_broker(directory, synchronous)
+        async with broker:
+            each = sends // senders
+
+            async def sender(first: int) -> None:
+                for i in range(first, first + each):
+                    await noop.send(i)
+
+            clock = Clock()
+            async with anyio.create_task_group() as tg:
+                for k in range(senders):
+                    tg.start_soon(sender, k * each)
+            rate = clock.rate(each * senders)
+            assert (await broker.stats("bench")).ready == each * senders
+            return rate
 
 
 async def send_many(messages: int, synchronous: Sync) -> tuple[float, float]:
@@ -171,6 +194,11 @@ def main() -> None:
     for synchronous in args.synchronous or ["FULL", "NORMAL"]:
         scenarios: list[tuple[str, int, Callable[[], Awaitable[tuple[float, float]]]]] = [
             ("send", args.sends, partial(send_one_by_one, args.sends, synchronous)),
+            (
+                "send x100",
+                args.messages,
+                partial(send_concurrently, args.messages, synchronous),
+            ),
             ("send_many", args.messages, partial(send_many, args.messages, synchronous)),
             (
                 "process",

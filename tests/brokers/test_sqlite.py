@@ -169,6 +169,43 @@ async def test_concurrent_acks_share_commits(broker: SQLiteBroker) -> None:
     assert len(begins) <= 3
 
 
+async def test_concurrent_sends_share_commits(broker: SQLiteBroker) -> None:
+    # Given 100 tasks of one process each awaiting a send (a web app under load)
+    echo = echo_actor(broker)
+    await echo.send(0)
+    begins = count_begins(broker)
+    async with anyio.create_task_group() as tg:
+        for i in range(100):
+            tg.start_soon(echo.send, i)
+    # Then they are committed (and synced) together, not one transaction each
+    assert (await broker.stats(QUEUE)).ready == 101
+    assert 1 <= len(begins) <= 3, begins
+
+
+async def test_a_claim_shares_its_commit_with_the_acks_around_it(broker: SQLiteBroker) -> None:
+    # Given a consumer holding 10 deliveries, with 10 more messages waiting
+    echo = echo_actor(broker)
+    await echo.send_many([(i,) for i in range(20)])
+    got = await take(broker, 10, prefetch=10)
+    begins = count_begins(broker)
+    claimed: list[Any] = []
+
+    async def claim() -> None:
+        claimed.extend(await broker._claim(QUEUE, 10))
+
+    # When it acks them all and claims the next batch at once
+    async with anyio.create_task_group() as tg:
+        for d in got:
+            tg.start_soon(d.ack)
+        tg.start_soon(claim)
+    # Then the first ack commits alone, and the other nine share one commit with the claim
+    assert len(claimed) == 10
+    assert len(begins) == 2, begins
+    assert await broker.stats(QUEUE) == (0, 0, 10, 0)
+    for r in claimed:
+        await r.ack()
+
+
 async def test_claim_is_one_statement_for_the_batch(broker: SQLiteBroker, path: Path) -> None:
     echo = echo_actor(broker)
     await echo.send_many([(i,) for i in range(10)])

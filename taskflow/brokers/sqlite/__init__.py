@@ -35,9 +35,11 @@ Threads (started by ``connect``, in producers and workers alike):
 
 * Statements of the event loop's side (send, claim, settle, stats) run on one
   connection in a worker thread, one at a time (an anyio ``CapacityLimiter``
-  of 1), so the loop never blocks. Settlements (ack, retry, dead letter,
-  requeue) and sends that arrive while a transaction runs are committed
-  together in the next one (group commit).
+  of 1), so the loop never blocks. Sends, claims and settlements (ack,
+  retry, dead letter, requeue) that arrive while a transaction runs are
+  committed together in the next one (group commit): 100 tasks sending at
+  once share a sync to disk, and a consumer's next claim shares one with the
+  acks of its last batch.
 * A heartbeat thread renews, every ``visibility_timeout / 3`` seconds, the
   lease of every message this broker holds, with one statement. It needs
   neither the event loop nor the GIL for long, so a blocked loop or a long
