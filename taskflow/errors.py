@@ -88,6 +88,8 @@ class RateLimitExceeded(TaskflowError):
         retry_after: Seconds after which the limiter may have room, when it
             knows (window and bucket limiters); ``None`` otherwise.
         limiter: The limiter that raised it, if one did.
+        ahead: Messages deferred before this one still waiting for the key,
+            when the message was named as a waiter.
     """
 
     def __init__(self, key: str, retry_after: float | None = None) -> None:
@@ -95,6 +97,7 @@ class RateLimitExceeded(TaskflowError):
         self.key = key
         self.retry_after = retry_after
         self.limiter: Any = None
+        self.ahead = 0
 
 
 class ResultsNotConfigured(TaskflowError):

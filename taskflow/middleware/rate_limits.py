@@ -53,26 +53,26 @@ logger = logging.getLogger("taskflow.middleware.rate_limits")
 DEFAULT_MIN_DELAY = 0.1
 DEFAULT_MAX_DELAY = 5.0
 _MAX_KEYS = 10_000
-_OVERSUBSCRIBE = 1.5
+_OVERSUBSCRIBE = 1.2
 
 
 class _Pacer:
     """Chooses deferral delays per limiter key, in this process.
 
-    Two things set the delay. A waiting line: deferred messages of a key
-    are spread out by the time one unit of room takes to come free (how
-    long this process's holders hold, divided by the limit and by 1.5, so
-    that a few more come back than fit and room never waits; a window or
-    bucket divided by its limit), so they come back about as fast as room
-    appears instead of all at once. And a floor that grows while the key
-    stays full: half the time since this process last saw room on it. Both
-    are kept between ``min_delay`` and ``max_delay`` and jittered by ±20 %.
+    Two things set the delay. The message's place in the key's line (kept by
+    the backend, across all workers): it comes back about when the messages
+    ahead of it have had their turn, each turn being the time one unit of
+    room takes to come free (how long this process's holders hold, divided
+    by the limit and by 1.2, so that a few more come back than fit and room
+    never waits; a window or bucket divided by its limit). And a floor that
+    grows while the key stays full: half the time since this process last
+    saw room on it. Both are kept between ``min_delay`` and ``max_delay``
+    and jittered by ±20 %.
     """
 
     def __init__(self, min_delay: float, max_delay: float) -> None:
         self.min_delay = min_delay
         self.max_delay = max_delay
-        self._tail: dict[str, float] = {}
         self._room: dict[str, float] = {}
         self._hold: dict[str, float] = {}
 
@@ -86,7 +86,8 @@ class _Pacer:
         last = self._hold.get(key)
         self._hold[key] = seconds if last is None else 0.8 * last + 0.2 * seconds
 
-    def _spacing(self, key: str, limiter: RateLimiter | None) -> float:
+    def _turn(self, key: str, limiter: RateLimiter | None) -> float:
+        """Seconds one unit of room takes to come free, as far as this process knows."""
         if isinstance(limiter, ConcurrentRateLimiter):
             # Until a hold was measured, no line: all come back after min_delay,
             # by when one has (a guess here would space a whole backlog wrongly).
@@ -95,21 +96,17 @@ class _Pacer:
             return limiter.window / limiter.limit
         if isinstance(limiter, BucketRateLimiter):
             return limiter.bucket / limiter.limit
-        return self.min_delay / 10
+        return 0.0
 
     def full(self, exc: RateLimitExceeded) -> float:
         """The delay for a message that met ``exc.key`` full."""
-        if len(self._tail) > _MAX_KEYS:
-            self._tail.clear()
+        if len(self._room) > _MAX_KEYS:
             self._room.clear()
             self._hold.clear()
         key, now = exc.key, time.monotonic()
-        start = now + (exc.retry_after or 0.0)
-        tail = max(self._tail.get(key, now), start) + self._spacing(key, exc.limiter)
-        # Past max_delay the line folds onto it, so a drained backlog leaves no long tail.
-        tail = self._tail[key] = min(tail, now + self.max_delay)
+        line = (exc.retry_after or 0.0) + exc.ahead * self._turn(key, exc.limiter)
         floor = 0.5 * (now - self._room.setdefault(key, now))
-        delay = min(max(tail - now, floor, self.min_delay), self.max_delay)
+        delay = min(max(line, floor, self.min_delay), self.max_delay)
         return min(delay * random.uniform(0.8, 1.2), self.max_delay)
 
 
@@ -225,7 +222,7 @@ class RateLimits(Middleware):
         held: list[tuple[RateLimiter, str]] = []
         since = time.monotonic()
         try:
-            full = await self._take_all(limiters, held)
+            full = await self._take_all(ctx, limiters, held)
             if full is not None:
                 await self._defer(ctx, full)
                 return None
@@ -240,15 +237,14 @@ class RateLimits(Middleware):
                     self._pacer.held(limiter.key, time.monotonic() - since)
 
     async def _take_all(
-        self, limiters: list[RateLimiter], held: list[tuple[RateLimiter, str]]
+        self, ctx: Context, limiters: list[RateLimiter], held: list[tuple[RateLimiter, str]]
     ) -> RateLimitExceeded | None:
         """Take each limiter into ``held``; the first that is full stops it and is returned."""
         for limiter in limiters:
-            holder = await limiter.try_acquire()
-            if holder is None:
-                full = RateLimitExceeded(limiter.key)
-                full.limiter = limiter
-                return full
+            try:
+                holder = await limiter.acquire_nowait(waiter=ctx.message.id)
+            except RateLimitExceeded as exc:
+                return exc
             self._pacer.room(limiter.key)
             held.append((limiter, holder))
         return None

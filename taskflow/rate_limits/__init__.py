@@ -34,7 +34,7 @@ import anyio
 
 from taskflow.broker import seconds
 from taskflow.errors import RateLimitExceeded
-from taskflow.rate_limits.backends import RateLimitBackend
+from taskflow.rate_limits.backends import Full, RateLimitBackend
 
 __all__ = [
     "Barrier",
@@ -49,6 +49,16 @@ _PREFIX = f"{socket.gethostname()}:{os.getpid()}"
 
 def _holder() -> str:
     return f"{_PREFIX}:{secrets.token_hex(6)}"
+
+
+def _current_message_id(deferring: bool) -> str | None:
+    """The id of the message being run, which a raised RateLimitExceeded defers."""
+    if not deferring:
+        return None
+    from taskflow.middleware.current_message import current_message
+
+    message = current_message()
+    return None if message is None else message.id
 
 
 def _positive(name: str, value: float) -> float:
@@ -82,11 +92,11 @@ class RateLimiter(ABC):
         return f"{type(self).__name__}({self.backend!r}, {self.key!r}, limit={self.limit})"
 
     @abstractmethod
-    async def _take(self, holder: str) -> float | None:
-        """Take room for ``holder``: ``None`` when taken, else seconds until there may be room."""
+    async def _take(self, holder: str, waiter: str | None) -> Full | None:
+        """Take room for ``holder``: ``None`` when taken (see :class:`RateLimitBackend`)."""
 
     @abstractmethod
-    def _take_sync(self, holder: str) -> float | None: ...
+    def _take_sync(self, holder: str, waiter: str | None) -> Full | None: ...
 
     async def _give_back(self, holder: str) -> None:  # noqa: B027 - windows give nothing back
         """Give ``holder``'s room back (only concurrent limiters have any to give)."""
@@ -97,22 +107,33 @@ class RateLimiter(ABC):
     async def try_acquire(self) -> str | None:
         """Take room without waiting; return the holder to :meth:`release`, or ``None``."""
         holder = _holder()
-        return holder if await self._take(holder) is None else None
+        return holder if await self._take(holder, None) is None else None
 
     async def release(self, holder: str) -> None:
-        """Give back the room :meth:`try_acquire` took for ``holder``."""
+        """Give back the room :meth:`try_acquire` or :meth:`acquire_nowait` took for ``holder``."""
         await self._give_back(holder)
 
-    async def _acquire_or_raise(self) -> str:
+    async def acquire_nowait(self, *, waiter: str | None = None) -> str:
+        """Take room without waiting; return the holder to :meth:`release`.
+
+        Args:
+            waiter: Names a caller that will come back if there is no room
+                (a deferred message's id): it joins the key's line, and the
+                exception says its place.
+
+        Raises:
+            RateLimitExceeded: No room.
+        """
         holder = _holder()
-        retry_after = await self._take(holder)
-        if retry_after is not None:
-            raise self._exceeded(retry_after)
+        full = await self._take(holder, waiter)
+        if full is not None:
+            raise self._exceeded(full)
         return holder
 
-    def _exceeded(self, retry_after: float) -> RateLimitExceeded:
-        exc = RateLimitExceeded(self.key, retry_after or None)
+    def _exceeded(self, full: Full) -> RateLimitExceeded:
+        exc = RateLimitExceeded(self.key, full.retry_after or None)
         exc.limiter = self
+        exc.ahead = full.ahead
         return exc
 
     @asynccontextmanager
@@ -125,7 +146,7 @@ class RateLimiter(ABC):
             RateLimitExceeded: No room, and ``raise_on_failure`` is true.
         """
         try:
-            holder = await self._acquire_or_raise()
+            holder = await self.acquire_nowait(waiter=_current_message_id(raise_on_failure))
         except RateLimitExceeded:
             if raise_on_failure:
                 raise
@@ -148,10 +169,10 @@ class RateLimiter(ABC):
             RateLimitExceeded: No room, and ``raise_on_failure`` is true.
         """
         holder = _holder()
-        retry_after = self._take_sync(holder)
-        if retry_after is not None:
+        full = self._take_sync(holder, _current_message_id(raise_on_failure))
+        if full is not None:
             if raise_on_failure:
-                raise self._exceeded(retry_after)
+                raise self._exceeded(full)
             yield False
             return
         try:
@@ -176,11 +197,11 @@ class ConcurrentRateLimiter(RateLimiter):
         super().__init__(backend, key, limit)
         self.ttl = _positive("ttl", seconds(ttl))
 
-    async def _take(self, holder: str) -> float | None:
-        return await self.backend.hold(self.key, holder, self.limit, self.ttl)
+    async def _take(self, holder: str, waiter: str | None) -> Full | None:
+        return await self.backend.hold(self.key, holder, self.limit, self.ttl, waiter)
 
-    def _take_sync(self, holder: str) -> float | None:
-        return self.backend.hold_sync(self.key, holder, self.limit, self.ttl)
+    def _take_sync(self, holder: str, waiter: str | None) -> Full | None:
+        return self.backend.hold_sync(self.key, holder, self.limit, self.ttl, waiter)
 
     async def _give_back(self, holder: str) -> None:
         await self.backend.release(self.key, holder)
@@ -203,11 +224,11 @@ class WindowRateLimiter(RateLimiter):
         super().__init__(backend, key, limit)
         self.window = _positive("window", seconds(window))
 
-    async def _take(self, holder: str) -> float | None:
-        return await self.backend.hit_window(self.key, holder, self.limit, self.window)
+    async def _take(self, holder: str, waiter: str | None) -> Full | None:
+        return await self.backend.hit_window(self.key, holder, self.limit, self.window, waiter)
 
-    def _take_sync(self, holder: str) -> float | None:
-        return self.backend.hit_window_sync(self.key, holder, self.limit, self.window)
+    def _take_sync(self, holder: str, waiter: str | None) -> Full | None:
+        return self.backend.hit_window_sync(self.key, holder, self.limit, self.window, waiter)
 
 
 class BucketRateLimiter(RateLimiter):
@@ -229,11 +250,11 @@ class BucketRateLimiter(RateLimiter):
         super().__init__(backend, key, limit)
         self.bucket = _positive("bucket", seconds(bucket))
 
-    async def _take(self, holder: str) -> float | None:
-        return await self.backend.hit_bucket(self.key, self.limit, self.bucket)
+    async def _take(self, holder: str, waiter: str | None) -> Full | None:
+        return await self.backend.hit_bucket(self.key, self.limit, self.bucket, waiter)
 
-    def _take_sync(self, holder: str) -> float | None:
-        return self.backend.hit_bucket_sync(self.key, self.limit, self.bucket)
+    def _take_sync(self, holder: str, waiter: str | None) -> Full | None:
+        return self.backend.hit_bucket_sync(self.key, self.limit, self.bucket, waiter)
 
 
 class Barrier:

@@ -15,10 +15,14 @@ The operations, each under a limiter's ``key``:
 * ``hit_bucket(key, limit, bucket)``: count one event if the current fixed
   bucket of ``bucket`` seconds has fewer than ``limit``.
 * ``barrier_create(key, parties, ttl)``, ``barrier_arrive(key)`` and
-  ``barrier_released(key)`` for :class:`~taskflow.rate_limits.Barrier`.
+  ``barrier_wait(key, timeout)`` for :class:`~taskflow.rate_limits.Barrier`.
 
 The three ``hold``/``hit`` operations return ``None`` when they took room,
-else the seconds after which there may be room (``0.0`` when unknown).
+else a :class:`Full`. A caller that will come back (a deferred message)
+names itself with ``waiter``: the store keeps a line of waiters per key, in
+the order they first found it full, and tells each its place, so deferred
+messages across all workers come back in turn instead of all at once. A
+waiter leaves the line when it gets room (or after ``LINE_TTL`` seconds).
 
 Each operation also has a ``_sync`` twin, for sync actors running in
 threads (``limiter.acquire_sync()``).
@@ -27,7 +31,7 @@ threads (``limiter.acquire_sync()``).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from taskflow.broker import Broker
@@ -35,7 +39,31 @@ if TYPE_CHECKING:
     from taskflow.rate_limits.backends.redis import RedisBackend
     from taskflow.rate_limits.backends.sqlite import SQLiteBackend
 
-__all__ = ["MemoryBackend", "RateLimitBackend", "RedisBackend", "SQLiteBackend", "for_broker"]
+__all__ = [
+    "LINE_TTL",
+    "Full",
+    "MemoryBackend",
+    "RateLimitBackend",
+    "RedisBackend",
+    "SQLiteBackend",
+    "for_broker",
+]
+
+#: Seconds a waiter stays in a key's line without coming back.
+LINE_TTL = 60.0
+
+
+class Full(NamedTuple):
+    """The answer of an operation that found no room.
+
+    Attributes:
+        retry_after: Seconds until there may be room (a window's oldest event
+            leaving it, the next bucket); 0 when unknown (concurrent slots).
+        ahead: Waiters before this one in the key's line (0 without ``waiter``).
+    """
+
+    retry_after: float
+    ahead: int
 
 
 class RateLimitBackend(ABC):
@@ -49,11 +77,15 @@ class RateLimitBackend(ABC):
         """Close connections; the next operation opens them again."""
 
     @abstractmethod
-    async def hold(self, key: str, holder: str, limit: int, ttl: float) -> float | None:
+    async def hold(
+        self, key: str, holder: str, limit: int, ttl: float, waiter: str | None = None
+    ) -> Full | None:
         """Take a slot of ``key`` for ``holder`` for at most ``ttl`` seconds."""
 
     @abstractmethod
-    def hold_sync(self, key: str, holder: str, limit: int, ttl: float) -> float | None:
+    def hold_sync(
+        self, key: str, holder: str, limit: int, ttl: float, waiter: str | None = None
+    ) -> Full | None:
         """Same as :meth:`hold`, blocking."""
 
     @abstractmethod
@@ -65,19 +97,27 @@ class RateLimitBackend(ABC):
         """Same as :meth:`release`, blocking."""
 
     @abstractmethod
-    async def hit_window(self, key: str, holder: str, limit: int, window: float) -> float | None:
+    async def hit_window(
+        self, key: str, holder: str, limit: int, window: float, waiter: str | None = None
+    ) -> Full | None:
         """Record an event if fewer than ``limit`` happened in the last ``window`` seconds."""
 
     @abstractmethod
-    def hit_window_sync(self, key: str, holder: str, limit: int, window: float) -> float | None:
+    def hit_window_sync(
+        self, key: str, holder: str, limit: int, window: float, waiter: str | None = None
+    ) -> Full | None:
         """Same as :meth:`hit_window`, blocking."""
 
     @abstractmethod
-    async def hit_bucket(self, key: str, limit: int, bucket: float) -> float | None:
+    async def hit_bucket(
+        self, key: str, limit: int, bucket: float, waiter: str | None = None
+    ) -> Full | None:
         """Count an event if the current ``bucket``-second bucket has fewer than ``limit``."""
 
     @abstractmethod
-    def hit_bucket_sync(self, key: str, limit: int, bucket: float) -> float | None:
+    def hit_bucket_sync(
+        self, key: str, limit: int, bucket: float, waiter: str | None = None
+    ) -> Full | None:
         """Same as :meth:`hit_bucket`, blocking."""
 
     @abstractmethod

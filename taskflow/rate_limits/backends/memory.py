@@ -8,7 +8,7 @@ from collections import deque
 
 import anyio
 
-from taskflow.rate_limits.backends import RateLimitBackend
+from taskflow.rate_limits.backends import LINE_TTL, Full, RateLimitBackend
 
 
 class _Barrier:
@@ -34,27 +34,52 @@ class MemoryBackend(RateLimitBackend):
         self._events: dict[str, deque[float]] = {}
         self._buckets: dict[str, tuple[int, int]] = {}
         self._barriers: dict[str, _Barrier] = {}
+        self._lines: dict[str, dict[str, float]] = {}
 
     def __repr__(self) -> str:
         return "MemoryBackend()"
 
+    # -- the line of waiters ---------------------------------------------------
+
+    def _settle(
+        self, line_key: str, waiter: str | None, full: bool, retry_after: float
+    ) -> Full | None:
+        """Under the lock: leave the line on room, join it (or find one's place) when full."""
+        line = self._lines.get(line_key)
+        if not full:
+            if waiter is not None and line is not None:
+                line.pop(waiter, None)
+            return None
+        if waiter is None:
+            return Full(retry_after, 0)
+        now = time.monotonic()
+        line = self._lines.setdefault(line_key, {})
+        for name in [w for w, since in line.items() if since <= now - LINE_TTL]:
+            del line[name]
+        line.setdefault(waiter, now)
+        return Full(retry_after, list(line).index(waiter))
+
     # -- concurrent -----------------------------------------------------------
 
-    def hold_sync(self, key: str, holder: str, limit: int, ttl: float) -> float | None:
+    def hold_sync(
+        self, key: str, holder: str, limit: int, ttl: float, waiter: str | None = None
+    ) -> Full | None:
         """Take a slot; see :meth:`RateLimitBackend.hold`."""
         now = time.monotonic()
         with self._lock:
             holders = self._holders.setdefault(key, {})
             for name in [h for h, until in holders.items() if until <= now]:
                 del holders[name]
-            if len(holders) >= limit:
-                return 0.0  # when a holder finishes is unknown
-            holders[holder] = now + ttl
-            return None
+            full = len(holders) >= limit and holder not in holders
+            if not full:
+                holders[holder] = now + ttl
+            return self._settle(f"c:{key}", waiter, full, 0.0)
 
-    async def hold(self, key: str, holder: str, limit: int, ttl: float) -> float | None:
+    async def hold(
+        self, key: str, holder: str, limit: int, ttl: float, waiter: str | None = None
+    ) -> Full | None:
         """Take a slot; see :meth:`RateLimitBackend.hold`."""
-        return self.hold_sync(key, holder, limit, ttl)
+        return self.hold_sync(key, holder, limit, ttl, waiter)
 
     def release_sync(self, key: str, holder: str) -> None:
         """Give a slot back; see :meth:`RateLimitBackend.release`."""
@@ -71,23 +96,30 @@ class MemoryBackend(RateLimitBackend):
 
     # -- window and bucket ----------------------------------------------------
 
-    def hit_window_sync(self, key: str, holder: str, limit: int, window: float) -> float | None:
+    def hit_window_sync(
+        self, key: str, holder: str, limit: int, window: float, waiter: str | None = None
+    ) -> Full | None:
         """Record an event in a sliding window; see :meth:`RateLimitBackend.hit_window`."""
         now = time.monotonic()
         with self._lock:
             events = self._events.setdefault(key, deque())
             while events and events[0] <= now - window:
                 events.popleft()
-            if len(events) >= limit:
-                return max(events[0] + window - now, 0.0)
-            events.append(now)
-            return None
+            full = len(events) >= limit
+            if not full:
+                events.append(now)
+            retry_after = max(events[0] + window - now, 0.0) if full else 0.0
+            return self._settle(f"w:{key}", waiter, full, retry_after)
 
-    async def hit_window(self, key: str, holder: str, limit: int, window: float) -> float | None:
+    async def hit_window(
+        self, key: str, holder: str, limit: int, window: float, waiter: str | None = None
+    ) -> Full | None:
         """Record an event in a sliding window; see :meth:`RateLimitBackend.hit_window`."""
-        return self.hit_window_sync(key, holder, limit, window)
+        return self.hit_window_sync(key, holder, limit, window, waiter)
 
-    def hit_bucket_sync(self, key: str, limit: int, bucket: float) -> float | None:
+    def hit_bucket_sync(
+        self, key: str, limit: int, bucket: float, waiter: str | None = None
+    ) -> Full | None:
         """Count an event in a fixed bucket; see :meth:`RateLimitBackend.hit_bucket`."""
         now = time.time()
         current = int(now // bucket)
@@ -95,14 +127,17 @@ class MemoryBackend(RateLimitBackend):
             number, count = self._buckets.get(key, (current, 0))
             if number != current:
                 count = 0
-            if count >= limit:
-                return (current + 1) * bucket - now
-            self._buckets[key] = (current, count + 1)
-            return None
+            full = count >= limit
+            if not full:
+                self._buckets[key] = (current, count + 1)
+            retry_after = (current + 1) * bucket - now if full else 0.0
+            return self._settle(f"b:{key}", waiter, full, retry_after)
 
-    async def hit_bucket(self, key: str, limit: int, bucket: float) -> float | None:
+    async def hit_bucket(
+        self, key: str, limit: int, bucket: float, waiter: str | None = None
+    ) -> Full | None:
         """Count an event in a fixed bucket; see :meth:`RateLimitBackend.hit_bucket`."""
-        return self.hit_bucket_sync(key, limit, bucket)
+        return self.hit_bucket_sync(key, limit, bucket, waiter)
 
     # -- barrier --------------------------------------------------------------
 

@@ -9,6 +9,8 @@ Keys, under ``<namespace>:ratelimit:``:
   giving back slots; the key itself expires with its last member.
 * ``b:<key>``: a hash with the current bucket's number and count, expiring
   at the bucket's end.
+* ``<kind>:<key>:line``: the key's line of waiters, a sorted set scored by
+  when each first found the key full.
 * ``barrier:<key>`` (a hash of parties and arrivals) and
   ``barrier:<key>:released`` (a one-element list, pushed by the last
   arrival; waiters block in ``BLMOVE`` from it to itself, so one push wakes
@@ -32,7 +34,7 @@ from redis.exceptions import RedisError
 
 from taskflow._urls import mask_url
 from taskflow.errors import BrokerUnavailable
-from taskflow.rate_limits.backends import RateLimitBackend
+from taskflow.rate_limits.backends import LINE_TTL, Full, RateLimitBackend
 from taskflow.rate_limits.backends._batch import Coalescer
 
 _NOW = """
@@ -40,13 +42,16 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# ARGV: operations, five values each: op, key, holder, limit, ms. Ops: t =
-# take a slot or a window event (ms: ttl or window), b = count in a bucket
-# (ms: the bucket), r = release a slot. Returns one integer per operation:
-# -1 when taken (or released), else the ms until there may be room.
+# ARGV: the line's ttl ms, then operations of six values each: op, key,
+# holder, limit, ms, waiter ('' for none). Ops: t = take a slot or a window
+# event (ms: ttl or window), b = count in a bucket (ms: the bucket), r =
+# release a slot. Returns one reply per operation: -1 when taken (or
+# released), else {ms until there may be room, waiters ahead in the line}.
 OPERATIONS = (
     _NOW
     + """
+local line_ttl = tonumber(ARGV[1])
+
 local function take(key, holder, limit, ms)
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
   if not redis.call('ZSCORE', key, holder) and redis.call('ZCARD', key) >= limit then
@@ -70,14 +75,31 @@ local function bucket(key, limit, size)
   return -1
 end
 
+-- Leave the key's line on room; on none, join it (once) and say one's place.
+local function line(key, waiter, wait)
+  if waiter == '' then
+    if wait < 0 then return -1 end
+    return {wait, 0}
+  end
+  local queue = key .. ':line'
+  if wait < 0 then
+    redis.call('ZREM', queue, waiter)
+    return -1
+  end
+  redis.call('ZREMRANGEBYSCORE', queue, '-inf', now - line_ttl)
+  redis.call('ZADD', queue, 'NX', now, waiter)
+  redis.call('PEXPIRE', queue, line_ttl)
+  return {wait, redis.call('ZRANK', queue, waiter)}
+end
+
 local out = {}
-for i = 1, #ARGV, 5 do
+for i = 2, #ARGV, 6 do
   local op, key = ARGV[i], ARGV[i + 1]
   local limit, ms = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
   if op == 't' then
-    out[#out + 1] = take(key, ARGV[i + 2], limit, ms)
+    out[#out + 1] = line(key, ARGV[i + 5], take(key, ARGV[i + 2], limit, ms))
   elseif op == 'b' then
-    out[#out + 1] = bucket(key, limit, ms)
+    out[#out + 1] = line(key, ARGV[i + 5], bucket(key, limit, ms))
   else
     redis.call('ZREM', key, ARGV[i + 2])
     out[#out + 1] = -1
@@ -120,18 +142,25 @@ _CARRIED = (
 
 _SCRIPTS = {"operations": OPERATIONS, "create": BARRIER_CREATE, "arrive": BARRIER_ARRIVE}
 
-Operation = tuple[str, str, str, int, int]
+Operation = tuple[str, str, str, int, int, str]
 
 #: Longest single blocking call while waiting on a barrier, under the socket timeout.
 _BLOCK = 2.0
+
+
+def _unknown(full: Full | None) -> Full | None:
+    """A concurrent slot's ``retry_after`` is unknown: when a holder finishes."""
+    return None if full is None else full._replace(retry_after=0.0)
 
 
 def _ms(value: float) -> int:
     return max(int(value * 1000), 1)
 
 
-def _hint(reply: int) -> float | None:
-    return None if int(reply) < 0 else int(reply) / 1000
+def _full(reply: Any) -> Full | None:
+    if isinstance(reply, list):
+        return Full(int(reply[0]) / 1000, int(reply[1]))
+    return None
 
 
 class RedisBackend(RateLimitBackend):
@@ -258,53 +287,73 @@ class RedisBackend(RateLimitBackend):
 
     # -- operations -----------------------------------------------------------
 
-    async def _flush(self, operations: list[Operation]) -> list[int]:
-        args = [value for operation in operations for value in operation]
-        return [int(reply) for reply in await self._eval("operations", [], args)]
+    async def _flush(self, operations: list[Operation]) -> list[Any]:
+        args: list[Any] = [_ms(LINE_TTL)]
+        args += [value for operation in operations for value in operation]
+        replies: list[Any] = await self._eval("operations", [], args)
+        return replies
 
-    async def _apply(self, operation: Operation) -> float | None:
-        return _hint(await self._batch.submit(operation))
+    async def _apply(self, operation: Operation) -> Full | None:
+        return _full(await self._batch.submit(operation))
 
-    def _apply_sync(self, operation: Operation) -> float | None:
-        [reply] = self._eval_sync("operations", [], list(operation))
-        return _hint(reply)
+    def _apply_sync(self, operation: Operation) -> Full | None:
+        [reply] = self._eval_sync("operations", [], [_ms(LINE_TTL), *operation])
+        return _full(reply)
 
-    def _hold(self, key: str, holder: str, limit: int, ttl: float) -> Operation:
-        return ("t", self._key("c", key), holder, limit, _ms(ttl))
+    def _hold(self, key: str, holder: str, limit: int, ttl: float, waiter: str | None) -> Operation:
+        return ("t", self._key("c", key), holder, limit, _ms(ttl), waiter or "")
 
-    async def hold(self, key: str, holder: str, limit: int, ttl: float) -> float | None:
+    async def hold(
+        self, key: str, holder: str, limit: int, ttl: float, waiter: str | None = None
+    ) -> Full | None:
         """Take a slot; see :meth:`RateLimitBackend.hold`."""
-        got = await self._apply(self._hold(key, holder, limit, ttl))
-        return None if got is None else 0.0  # when a holder finishes is unknown
+        return _unknown(await self._apply(self._hold(key, holder, limit, ttl, waiter)))
 
-    def hold_sync(self, key: str, holder: str, limit: int, ttl: float) -> float | None:
+    def hold_sync(
+        self, key: str, holder: str, limit: int, ttl: float, waiter: str | None = None
+    ) -> Full | None:
         """Take a slot; see :meth:`RateLimitBackend.hold`."""
-        got = self._apply_sync(self._hold(key, holder, limit, ttl))
-        return None if got is None else 0.0
+        return _unknown(self._apply_sync(self._hold(key, holder, limit, ttl, waiter)))
 
     async def release(self, key: str, holder: str) -> None:
         """Give a slot back; see :meth:`RateLimitBackend.release`."""
-        await self._apply(("r", self._key("c", key), holder, 0, 0))
+        await self._apply(("r", self._key("c", key), holder, 0, 0, ""))
 
     def release_sync(self, key: str, holder: str) -> None:
         """Give a slot back; see :meth:`RateLimitBackend.release`."""
-        self._apply_sync(("r", self._key("c", key), holder, 0, 0))
+        self._apply_sync(("r", self._key("c", key), holder, 0, 0, ""))
 
-    async def hit_window(self, key: str, holder: str, limit: int, window: float) -> float | None:
+    def _window(
+        self, key: str, holder: str, limit: int, window: float, waiter: str | None
+    ) -> Operation:
+        return ("t", self._key("w", key), holder, limit, _ms(window), waiter or "")
+
+    async def hit_window(
+        self, key: str, holder: str, limit: int, window: float, waiter: str | None = None
+    ) -> Full | None:
         """Record an event in a sliding window; see :meth:`RateLimitBackend.hit_window`."""
-        return await self._apply(("t", self._key("w", key), holder, limit, _ms(window)))
+        return await self._apply(self._window(key, holder, limit, window, waiter))
 
-    def hit_window_sync(self, key: str, holder: str, limit: int, window: float) -> float | None:
+    def hit_window_sync(
+        self, key: str, holder: str, limit: int, window: float, waiter: str | None = None
+    ) -> Full | None:
         """Record an event in a sliding window; see :meth:`RateLimitBackend.hit_window`."""
-        return self._apply_sync(("t", self._key("w", key), holder, limit, _ms(window)))
+        return self._apply_sync(self._window(key, holder, limit, window, waiter))
 
-    async def hit_bucket(self, key: str, limit: int, bucket: float) -> float | None:
-        """Count an event in a fixed bucket; see :meth:`RateLimitBackend.hit_bucket`."""
-        return await self._apply(("b", self._key("b", key), "", limit, _ms(bucket)))
+    def _bucket(self, key: str, limit: int, bucket: float, waiter: str | None) -> Operation:
+        return ("b", self._key("b", key), "", limit, _ms(bucket), waiter or "")
 
-    def hit_bucket_sync(self, key: str, limit: int, bucket: float) -> float | None:
+    async def hit_bucket(
+        self, key: str, limit: int, bucket: float, waiter: str | None = None
+    ) -> Full | None:
         """Count an event in a fixed bucket; see :meth:`RateLimitBackend.hit_bucket`."""
-        return self._apply_sync(("b", self._key("b", key), "", limit, _ms(bucket)))
+        return await self._apply(self._bucket(key, limit, bucket, waiter))
+
+    def hit_bucket_sync(
+        self, key: str, limit: int, bucket: float, waiter: str | None = None
+    ) -> Full | None:
+        """Count an event in a fixed bucket; see :meth:`RateLimitBackend.hit_bucket`."""
+        return self._apply_sync(self._bucket(key, limit, bucket, waiter))
 
     def _barrier_keys(self, key: str) -> list[str]:
         hash_key = self._key("barrier", key)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 
 from taskflow.errors import BrokerError, BrokerUnavailable
-from taskflow.rate_limits.backends import RateLimitBackend
+from taskflow.rate_limits.backends import LINE_TTL, Full, RateLimitBackend
 from taskflow.rate_limits.backends._batch import Coalescer
 
 if TYPE_CHECKING:
@@ -32,9 +32,15 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 Step = Callable[[sqlite3.Connection, float], Any]
+Check = Callable[[sqlite3.Connection, float], Full | None]
 
 _TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,40}$")
 _NOW = "(julianday('now') - 2440587.5) * 86400.0"
+
+
+def _unknown(full: Full | None) -> Full | None:
+    """A concurrent slot's ``retry_after`` is unknown: when a holder finishes."""
+    return None if full is None else full._replace(retry_after=0.0)
 
 
 class SQLiteBackend(RateLimitBackend):
@@ -92,6 +98,10 @@ class SQLiteBackend(RateLimitBackend):
                 CREATE TABLE IF NOT EXISTS {t}_buckets (
                     key TEXT PRIMARY KEY, bucket INTEGER NOT NULL, count INTEGER NOT NULL
                 ) WITHOUT ROWID;
+                CREATE TABLE IF NOT EXISTS {t}_line (
+                    key TEXT NOT NULL, waiter TEXT NOT NULL, since REAL NOT NULL,
+                    PRIMARY KEY (key, waiter)
+                ) WITHOUT ROWID;
                 CREATE TABLE IF NOT EXISTS {t}_barriers (
                     key TEXT PRIMARY KEY, parties INTEGER NOT NULL, arrived INTEGER NOT NULL,
                     expires_at REAL NOT NULL
@@ -147,39 +157,71 @@ class SQLiteBackend(RateLimitBackend):
         if db is not None:
             db.close()
 
+    # -- the line of waiters ---------------------------------------------------
+
+    def _line(
+        self,
+        db: sqlite3.Connection,
+        now: float,
+        key: str,
+        waiter: str | None,
+        full: bool,
+        retry_after: float,
+    ) -> Full | None:
+        """In the transaction: leave the line on room, join it (or find one's place) when full."""
+        t = self.table
+        if waiter is None:
+            return Full(retry_after, 0) if full else None
+        if not full:
+            db.execute(f"DELETE FROM {t}_line WHERE key = ? AND waiter = ?", (key, waiter))
+            return None
+        db.execute(f"DELETE FROM {t}_line WHERE key = ? AND since <= ?", (key, now - LINE_TTL))
+        db.execute(f"INSERT OR IGNORE INTO {t}_line VALUES (?, ?, ?)", (key, waiter, now))
+        (ahead,) = db.execute(
+            f"SELECT COUNT(*) FROM {t}_line AS o, {t}_line AS me "
+            "WHERE me.key = ? AND me.waiter = ? AND o.key = me.key "
+            "AND (o.since < me.since OR (o.since = me.since AND o.waiter < me.waiter))",
+            (key, waiter),
+        ).fetchone()
+        return Full(retry_after, int(ahead))
+
     # -- concurrent and window ------------------------------------------------
 
-    def _take(self, key: str, holder: str, limit: int, ttl: float) -> Callable[..., float | None]:
+    def _take(self, key: str, holder: str, limit: int, ttl: float, waiter: str | None) -> Check:
         t = self.table
 
-        def take(db: sqlite3.Connection, now: float) -> float | None:
+        def take(db: sqlite3.Connection, now: float) -> Full | None:
             db.execute(f"DELETE FROM {t}_holders WHERE key = ? AND expires_at <= ?", (key, now))
             rows = db.execute(
                 f"SELECT COUNT(*), MIN(expires_at) FROM {t}_holders WHERE key = ? AND holder != ?",
                 (key, holder),
             ).fetchone()
             count, earliest = int(rows[0]), rows[1]
-            if count >= limit:
-                return max(float(earliest) - now, 0.0) if earliest is not None else 0.0
-            db.execute(
-                f"INSERT OR REPLACE INTO {t}_holders (key, holder, expires_at) VALUES (?, ?, ?)",
-                (key, holder, now + ttl),
-            )
-            return None
+            full = count >= limit
+            if not full:
+                db.execute(
+                    f"INSERT OR REPLACE INTO {t}_holders (key, holder, expires_at) "
+                    "VALUES (?, ?, ?)",
+                    (key, holder, now + ttl),
+                )
+            retry_after = max(float(earliest) - now, 0.0) if full and earliest is not None else 0.0
+            return self._line(db, now, key, waiter, full, retry_after)
 
         return take
 
-    def hold_sync(self, key: str, holder: str, limit: int, ttl: float) -> float | None:
+    def hold_sync(
+        self, key: str, holder: str, limit: int, ttl: float, waiter: str | None = None
+    ) -> Full | None:
         """Take a slot; see :meth:`RateLimitBackend.hold`."""
-        got = self._transaction(self._take(f"c:{key}", holder, limit, ttl))
-        return None if got is None else 0.0  # when a holder finishes is unknown
+        return _unknown(self._transaction(self._take(f"c:{key}", holder, limit, ttl, waiter)))
 
-    async def hold(self, key: str, holder: str, limit: int, ttl: float) -> float | None:
+    async def hold(
+        self, key: str, holder: str, limit: int, ttl: float, waiter: str | None = None
+    ) -> Full | None:
         """Take a slot; see :meth:`RateLimitBackend.hold`."""
-        got = await self._run(self._take(f"c:{key}", holder, limit, ttl))
-        return None if got is None else 0.0
+        return _unknown(await self._run(self._take(f"c:{key}", holder, limit, ttl, waiter)))
 
-    def _drop(self, key: str, holder: str) -> Callable[..., None]:
+    def _drop(self, key: str, holder: str) -> Step:
         t = self.table
 
         def drop(db: sqlite3.Connection, now: float) -> None:
@@ -195,41 +237,50 @@ class SQLiteBackend(RateLimitBackend):
         """Give a slot back; see :meth:`RateLimitBackend.release`."""
         await self._run(self._drop(f"c:{key}", holder))
 
-    def hit_window_sync(self, key: str, holder: str, limit: int, window: float) -> float | None:
+    def hit_window_sync(
+        self, key: str, holder: str, limit: int, window: float, waiter: str | None = None
+    ) -> Full | None:
         """Record an event in a sliding window; see :meth:`RateLimitBackend.hit_window`."""
-        return self._transaction(self._take(f"w:{key}", holder, limit, window))
+        return self._transaction(self._take(f"w:{key}", holder, limit, window, waiter))
 
-    async def hit_window(self, key: str, holder: str, limit: int, window: float) -> float | None:
+    async def hit_window(
+        self, key: str, holder: str, limit: int, window: float, waiter: str | None = None
+    ) -> Full | None:
         """Record an event in a sliding window; see :meth:`RateLimitBackend.hit_window`."""
-        return await self._run(self._take(f"w:{key}", holder, limit, window))
+        return await self._run(self._take(f"w:{key}", holder, limit, window, waiter))
 
     # -- bucket ---------------------------------------------------------------
 
-    def _count(self, key: str, limit: int, bucket: float) -> Callable[..., float | None]:
+    def _count(self, key: str, limit: int, bucket: float, waiter: str | None) -> Check:
         t = self.table
 
-        def count(db: sqlite3.Connection, now: float) -> float | None:
+        def count(db: sqlite3.Connection, now: float) -> Full | None:
             current = int(now // bucket)
             row = db.execute(f"SELECT bucket, count FROM {t}_buckets WHERE key = ?", (key,))
             found = row.fetchone()
             used = int(found[1]) if found is not None and int(found[0]) == current else 0
-            if used >= limit:
-                return (current + 1) * bucket - now
-            db.execute(
-                f"INSERT OR REPLACE INTO {t}_buckets (key, bucket, count) VALUES (?, ?, ?)",
-                (key, current, used + 1),
-            )
-            return None
+            full = used >= limit
+            if not full:
+                db.execute(
+                    f"INSERT OR REPLACE INTO {t}_buckets (key, bucket, count) VALUES (?, ?, ?)",
+                    (key, current, used + 1),
+                )
+            retry_after = (current + 1) * bucket - now if full else 0.0
+            return self._line(db, now, f"b:{key}", waiter, full, retry_after)
 
         return count
 
-    def hit_bucket_sync(self, key: str, limit: int, bucket: float) -> float | None:
+    def hit_bucket_sync(
+        self, key: str, limit: int, bucket: float, waiter: str | None = None
+    ) -> Full | None:
         """Count an event in a fixed bucket; see :meth:`RateLimitBackend.hit_bucket`."""
-        return self._transaction(self._count(key, limit, bucket))
+        return self._transaction(self._count(key, limit, bucket, waiter))
 
-    async def hit_bucket(self, key: str, limit: int, bucket: float) -> float | None:
+    async def hit_bucket(
+        self, key: str, limit: int, bucket: float, waiter: str | None = None
+    ) -> Full | None:
         """Count an event in a fixed bucket; see :meth:`RateLimitBackend.hit_bucket`."""
-        return await self._run(self._count(key, limit, bucket))
+        return await self._run(self._count(key, limit, bucket, waiter))
 
     # -- barrier --------------------------------------------------------------
 
