@@ -153,15 +153,7 @@ class Portal:
 
     def _drop_stale(self, broker: Broker, loop: asyncio.AbstractEventLoop) -> None:
         """Close what can be closed of connections made on a stopped loop, then forget them."""
-
-        async def close() -> None:
-            try:
-                await asyncio.wait_for(broker.close(), CLOSE_TIMEOUT)
-            except Exception as exc:  # sockets of a closed loop cannot be closed from this one
-                logger.debug("closing connections of a stopped event loop: %r", exc)
-
-        asyncio.run_coroutine_threadsafe(close(), loop).result()
-        broker._forget_connections()
+        asyncio.run_coroutine_threadsafe(broker._drop_stale_connections(), loop).result()
 
     def _start(self) -> asyncio.AbstractEventLoop:
         if self._thread is None:

@@ -353,9 +353,15 @@ class Broker(ABC):
     # -- lifecycle ----------------------------------------------------------
 
     async def connect(self) -> None:
-        """Connect to the server (idempotent; ``send`` does it lazily)."""
+        """Connect to the server (idempotent; ``send`` does it lazily).
+
+        Connections made on an event loop that is now closed (a second
+        ``asyncio.run(actor.send(...))``) are dropped and made afresh.
+        """
         if self._connected:
-            return
+            if self._loop is None or not self._loop.is_closed():
+                return
+            await self._drop_stale_connections()
         if self._connect_lock is None:
             self._connect_lock = anyio.Lock()
         async with self._connect_lock:
@@ -399,6 +405,15 @@ class Broker(ABC):
         if self._connected and self._loop_pid == os.getpid():
             return self._loop
         return None
+
+    async def _drop_stale_connections(self) -> None:
+        """Close what can be closed of connections made on a closed loop, then forget them."""
+        try:
+            with anyio.fail_after(10):
+                await self.close()
+        except Exception as exc:  # sockets of a closed loop cannot be closed from this one
+            logger.debug("closing connections of a closed event loop: %r", exc)
+        self._forget_connections()
 
     def _forget_connections(self) -> None:
         """Drop connections made on a loop that stopped, or by the parent of a forked process.

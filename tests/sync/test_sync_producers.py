@@ -134,3 +134,21 @@ def test_result_sync_raises_like_the_async_form(target: Target) -> None:
     with pytest.raises(taskflow.TaskflowError, match="not bound"):
         taskflow.Message[int](queue="default", actor="add").result_sync(timeout=1)
     broker.close_sync()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_asyncio_run_twice_connects_again(target: Target) -> None:
+    assert _send_twice_then_count(target.broker()) == 2
+    gc.collect()  # here, where the warnings of the sockets of the first loop are expected
+
+
+def _send_twice_then_count(broker: taskflow.Broker) -> int:
+    add = declare(broker)
+    asyncio.run(add.send(1, 2))
+    asyncio.run(add.send(3, 4))  # "Event loop is closed" before: connections of the first loop
+
+    async def count() -> int:
+        async with broker:
+            return (await broker.stats("default")).ready
+
+    return asyncio.run(count())
