@@ -1,8 +1,9 @@
 """taskflow: an asyncio-native distributed task queue."""
 
+from taskflow._transport import QueueStats
 from taskflow._urls import broker_from_env, broker_from_url
 from taskflow.actor import Actor
-from taskflow.broker import Broker, DeadLetter, Delivery, JoinTimeout, QueueStats
+from taskflow.broker import Broker, DeadLetter, Delivery
 from taskflow.composition import group, pipeline
 from taskflow.errors import (
     ActorNotFound,
@@ -10,6 +11,7 @@ from taskflow.errors import (
     BrokerUnavailable,
     DecodeError,
     InvalidArguments,
+    JoinTimeout,
     LeaseLost,
     MessageTooLarge,
     RateLimitExceeded,

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 import msgspec
 
 from taskflow import _sync
-from taskflow.broker import seconds
+from taskflow._time import seconds, utcnow
 from taskflow.errors import InvalidArguments
-from taskflow.message import Message, utcnow
+from taskflow.message import Message
 
 if TYPE_CHECKING:
     from taskflow.broker import Broker

@@ -1,23 +1,11 @@
-"""The broker: the user's hub, and the contract every transport keeps.
+"""The broker: the user's hub.
 
 :class:`Broker` holds the actor registry, the middleware and the codec. Its
 public methods do the shared bookkeeping (encoding, size limits, delivery
-limits, dead-lettering bad input) and call small ``_``-prefixed hooks that a
-transport subclass implements. The hooks know nothing about actors or
-middleware; they move bytes.
-
-The contract, kept by every broker and checked by ``tests/brokers/``:
-
-* At-least-once: a message leaves the broker only when acked. A consumer that
-  dies loses nothing; its messages come back within a bounded time.
-* Each message has a server-side delivery count; past ``max_deliveries`` it is
-  dead-lettered with reason ``delivery_limit_exceeded``.
-* ``send`` returns only once the server holds the message.
-* Delayed messages become ready at their time, never before.
-* Within a queue, higher ``priority`` is delivered first.
-* Dead letters keep the raw body and the reason for ``dead_letter_ttl`` seconds.
-* Closing a ``_consume`` iterator hands back every receipt it fetched but did
-  not yield.
+limits, dead-lettering bad input) and call the small ``_``-prefixed hooks of
+:class:`taskflow._transport.Transport`, which a transport subclass implements.
+The hooks know nothing about actors or middleware; they move bytes. The
+contract every transport keeps is written down in :mod:`taskflow._transport`.
 """
 
 from __future__ import annotations
@@ -27,34 +15,40 @@ import datetime as dt
 import hashlib
 import logging
 import os
-from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
 from contextlib import aclosing
-from typing import (
-    TYPE_CHECKING,
-    Any,
-    Literal,
-    NamedTuple,
-    ParamSpec,
-    Protocol,
-    Self,
-    TypeVar,
-    overload,
-)
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, Self, TypeVar, overload
 
 import anyio
 import msgspec
 
-from taskflow.errors import BrokerError, DecodeError, MessageTooLarge, ResultsNotConfigured
-from taskflow.message import Codec, Message, utcnow
+from taskflow import _sync
+from taskflow._time import seconds, utcnow
+from taskflow._transport import DeadRecord, Envelope, QueueStats, Receipt, Transport
+from taskflow.actor import Actor
+from taskflow.errors import DecodeError, JoinTimeout, MessageTooLarge, ResultsNotConfigured
+from taskflow.message import Codec, Message
+from taskflow.middleware import Middleware, default_middleware, with_results
 from taskflow.results import store_refusal
 
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from taskflow.actor import Actor
-    from taskflow.middleware import Middleware
     from taskflow.results import ResultBackend
+
+# Re-exported: transports and user code import these from here.
+__all__ = [
+    "Broker",
+    "DeadLetter",
+    "DeadRecord",
+    "Delivery",
+    "Envelope",
+    "JoinTimeout",
+    "QueueStats",
+    "Receipt",
+    "Transport",
+    "seconds",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -70,19 +64,6 @@ GROWTH_ALLOWANCE = 1024
 DEFAULT_DEAD_LETTER_TTL = 7 * 24 * 3600.0
 
 
-class JoinTimeout(BrokerError, TimeoutError):
-    """``Broker.join`` gave up before the queue drained."""
-
-
-class QueueStats(NamedTuple):
-    """Message counts of one queue."""
-
-    ready: int
-    delayed: int
-    in_flight: int
-    dead: int
-
-
 class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     """A dead-lettered message: the decoded message when it decodes, the raw body always."""
 
@@ -91,68 +72,6 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     body: bytes
     reason: str
     dead_at: dt.datetime
-
-
-class Envelope(NamedTuple):
-    """An encoded message ready for a transport's ``_enqueue``."""
-
-    id: str
-    body: bytes
-    priority: int
-    delay: float  # seconds from now, judged by the server's clock; 0 means ready
-
-
-class DeadRecord(NamedTuple):
-    """A dead letter as a transport stores it."""
-
-    id: str
-    body: bytes
-    reason: str
-    dead_at: float  # unix time
-
-
-class Receipt(ABC):
-    """A transport's handle on one fetched message.
-
-    ``message_id`` is the transport's id for the stored message (the message's
-    own id for everything taskflow wrote), ``delivery_count`` the server-side
-    count including this delivery.
-    """
-
-    __slots__ = ("body", "delivery_count", "message_id")
-
-    def __init__(self, message_id: str, body: bytes, delivery_count: int) -> None:
-        self.message_id = message_id
-        self.body = body
-        self.delivery_count = delivery_count
-
-    @abstractmethod
-    async def ack(self) -> None:
-        """Remove the message for good. Raises ``LeaseLost`` if the lease expired."""
-
-    @abstractmethod
-    async def dead_letter(self, reason: str) -> None:
-        """Move the message, as stored, to the queue's dead letters with ``reason``."""
-
-    @abstractmethod
-    async def retry(self, body: bytes, delay: float) -> None:
-        """Replace the message with ``body`` and make it ready after ``delay`` seconds.
-
-        The old delivery is settled and the new body stored in one atomic step.
-        """
-
-    @abstractmethod
-    async def requeue(self) -> None:
-        """Return the message unchanged, ready at once, without counting a retry."""
-
-    async def start(self) -> bool:
-        """The worker is about to run the message; return False if it must not (lease lost).
-
-        A transport that tells a message running when its worker died (a
-        suspect) from one merely fetched records it here. The default
-        records nothing.
-        """
-        return True
 
 
 class Delivery:
@@ -235,12 +154,7 @@ class _ActorDecorator(Protocol):
     def __call__(self, fn: Callable[P, R], /) -> Actor[P, R]: ...
 
 
-def seconds(value: float | dt.timedelta) -> float:
-    """Return a duration in seconds from a float or a ``timedelta``."""
-    return value.total_seconds() if isinstance(value, dt.timedelta) else float(value)
-
-
-class Broker(ABC):
+class Broker(Transport):
     """Base class of every broker: actor registry, middleware, codec and the contract.
 
     Args:
@@ -265,23 +179,23 @@ class Broker(ABC):
         dead_letter_ttl: float | dt.timedelta = DEFAULT_DEAD_LETTER_TTL,
         results: bool | ResultBackend | None = None,
     ) -> None:
-        from taskflow.middleware import default_middleware
-
         self.codec = Codec(codec)
         self.max_message_size = max_message_size
         self.max_deliveries = max_deliveries
         self.dead_letter_ttl = seconds(dead_letter_ttl)
         self.actors: dict[str, Actor[Any, Any]] = {}
         self.results: ResultBackend | None = self._results_backend(results)
-        stack = list(middleware) if middleware is not None else default_middleware()
-        if self.results is not None:
-            from taskflow.middleware import Results, Retries
-
-            if not any(isinstance(m, Results) for m in stack):
-                # Outside retries, so that only final outcomes are stored.
-                at = next((i for i, m in enumerate(stack) if isinstance(m, Retries)), len(stack))
-                stack.insert(at, Results(self.results))
+        if middleware is None:
+            stack = default_middleware(results=self.results)
+        else:
+            stack = with_results(middleware, self.results)
         self.middleware: tuple[Middleware, ...] = tuple(stack)
+        # Built once: the enqueue hooks of the layers that override before_enqueue.
+        self._enqueue_hooks = tuple(
+            m.before_enqueue
+            for m in self.middleware
+            if type(m).before_enqueue is not Middleware.before_enqueue
+        )
         self._connected = False
         self._connect_lock: anyio.Lock | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # where the connections live
@@ -328,7 +242,6 @@ class Broker(ABC):
             TypeError: An option no middleware of this broker accepts.
             ValueError: An actor of the same name is already declared.
         """
-        from taskflow.actor import Actor
 
         def decorate(fn: Callable[..., Any]) -> Actor[Any, Any]:
             actor: Actor[Any, Any] = Actor(
@@ -395,8 +308,6 @@ class Broker(ABC):
             RuntimeError: Called from a thread whose event loop is running:
                 ``await broker.close()`` there instead.
         """
-        from taskflow import _sync
-
         _sync.refuse_in_running_loop("broker.close_sync()", "await broker.close()")
         _sync.portal(self).close()
 
@@ -452,13 +363,7 @@ class Broker(ABC):
         """
         if not messages:
             return
-        from taskflow.middleware import Middleware
-
-        hooks = [
-            m.before_enqueue
-            for m in self.middleware
-            if type(m).before_enqueue is not Middleware.before_enqueue
-        ]
+        hooks = self._enqueue_hooks
         by_queue: dict[str, list[Envelope]] = {}
         now = utcnow()
         for message in messages:
@@ -606,39 +511,9 @@ class Broker(ABC):
             message, timeout=None if timeout is None else seconds(timeout)
         )
 
-    # -- transport hooks ----------------------------------------------------
+    # -- building from a URL --------------------------------------------------
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> Self:
         """Build the broker from a URL (see ``taskflow.broker_from_url``)."""
         raise TypeError(f"{cls.__name__} cannot be built from a URL")
-
-    @abstractmethod
-    async def _connect(self) -> None: ...
-
-    @abstractmethod
-    async def _close(self) -> None: ...
-
-    @abstractmethod
-    async def _enqueue(self, queue: str, envelopes: Sequence[Envelope]) -> None: ...
-
-    @abstractmethod
-    def _consume(self, queue: str, prefetch: int) -> AsyncGenerator[Receipt, None]: ...
-
-    @abstractmethod
-    async def _stats(self, queue: str) -> QueueStats: ...
-
-    @abstractmethod
-    async def _dead_letters(self, queue: str, limit: int) -> list[DeadRecord]: ...
-
-    @abstractmethod
-    async def _requeue_dead(self, queue: str, ids: list[str] | None) -> int: ...
-
-    @abstractmethod
-    async def _purge(self, queue: str) -> int: ...
-
-    @abstractmethod
-    async def _purge_dead(self, queue: str) -> int: ...
-
-    async def _known_queues(self) -> list[str]:
-        return []

@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Any, Self
 import msgspec
 
 from taskflow._ids import new_id
+from taskflow._time import seconds
 from taskflow.actor import Actor
-from taskflow.broker import seconds
 from taskflow.errors import ResultsNotConfigured, ResultTimeout
 from taskflow.message import Message
 from taskflow.middleware.composition import (

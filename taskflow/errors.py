@@ -5,6 +5,7 @@
     TaskflowError
     ├── BrokerError
     │   ├── BrokerUnavailable      the server could not be reached after bounded retries
+    │   ├── JoinTimeout            Broker.join gave up before the queue drained (a TimeoutError)
     │   ├── LeaseLost              a late ack or retry from a worker whose lease expired
     │   └── MessageTooLarge        an encoded message over the broker's size limit
     ├── DecodeError                bytes that are not a valid message (keeps the raw bytes)
@@ -32,6 +33,10 @@ class TaskflowError(Exception):
 
 class BrokerError(TaskflowError):
     """A broker operation failed."""
+
+
+class JoinTimeout(BrokerError, TimeoutError):
+    """``Broker.join`` gave up before the queue drained."""
 
 
 class BrokerUnavailable(BrokerError):

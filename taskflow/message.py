@@ -12,21 +12,20 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 import msgspec
 
+from taskflow import _sync
 from taskflow._ids import new_id
+from taskflow._time import utcnow
 from taskflow.errors import DecodeError, ResultsNotConfigured
 
 if TYPE_CHECKING:
     from taskflow.broker import Broker
 
+__all__ = ["WIRE_VERSION", "Codec", "Message", "utcnow"]  # utcnow: re-exported for old imports
+
 R = TypeVar("R")
 
 #: Version of the wire format written by this release.
 WIRE_VERSION = 1
-
-
-def utcnow() -> dt.datetime:
-    """Return the current time as a timezone-aware UTC datetime."""
-    return dt.datetime.now(dt.UTC)
 
 
 class Message(msgspec.Struct, Generic[R], frozen=True, kw_only=True, dict=True):
@@ -87,8 +86,6 @@ class Message(msgspec.Struct, Generic[R], frozen=True, kw_only=True, dict=True):
             RuntimeError: Called from a thread whose event loop is running:
                 ``await message.result(...)`` there instead.
         """
-        from taskflow import _sync
-
         broker: Broker | None = self.__dict__.get("_broker")
         _sync.refuse_in_running_loop("message.result_sync()", "await message.result(...)")
         if broker is None:

@@ -17,8 +17,10 @@ from typing import Any, Self
 
 import anyio
 
-from taskflow.broker import Broker, DeadRecord, Envelope, QueueStats, Receipt
+from taskflow._transport import DeadRecord, Envelope, QueueStats, Receipt
+from taskflow.broker import Broker
 from taskflow.results import ResultBackend
+from taskflow.results.memory import MemoryResults
 
 
 class _Stored:
@@ -58,8 +60,6 @@ class MemoryBroker(Broker):
         return cls(**options)
 
     def _default_results(self) -> ResultBackend:
-        from taskflow.results.memory import MemoryResults
-
         return MemoryResults()
 
     def _queue(self, name: str) -> _Queue:

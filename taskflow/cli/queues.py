@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from taskflow.broker import Broker, QueueStats
+from taskflow._transport import QueueStats
+from taskflow.broker import Broker
 from taskflow.cli.loading import load_broker
 from taskflow.cli.runtime import AppSpec, connected, reporting_errors, run_async
 

@@ -16,11 +16,16 @@ held for the whole run, follow-ups included.
 (extra ``taskflow-aio[prometheus]``) are not in the default stack; put them
 first in a stack of your own. They are imported on first use, so this
 package never needs their libraries.
+
+This module owns that order: :func:`default_middleware` returns it, and a
+broker built with ``results=`` but a stack of its own gets its results layer
+placed by :func:`with_results`.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from taskflow.middleware.age_limit import AgeLimit
@@ -37,6 +42,7 @@ if TYPE_CHECKING:
     from taskflow.middleware.opentelemetry import OpenTelemetry
     from taskflow.middleware.prometheus import Prometheus
     from taskflow.rate_limits.backends import RateLimitBackend
+    from taskflow.results import ResultBackend
 
 __all__ = [
     "AgeLimit",
@@ -56,18 +62,23 @@ __all__ = [
     "current_delivery",
     "current_message",
     "default_middleware",
+    "with_results",
 ]
 
 
-def default_middleware(*, rate_limits: RateLimitBackend | None = None) -> list[Middleware]:
-    """Return a fresh default stack (without results; the broker adds those before retries).
+def default_middleware(
+    *, results: ResultBackend | None = None, rate_limits: RateLimitBackend | None = None
+) -> list[Middleware]:
+    """Return a fresh default stack, outermost first.
 
     Args:
+        results: A result backend to store results in; its layer goes just
+            outside retries. A broker built with ``results=`` adds it itself.
         rate_limits: Where ``max_concurrency`` is counted; default: the
             broker's own server. A ``RabbitMQBroker`` needs one here to use
             ``max_concurrency`` (a ``RedisBackend`` or ``SQLiteBackend``).
     """
-    return [
+    stack: list[Middleware] = [
         CurrentMessage(),
         AgeLimit(),
         RateLimits(rate_limits),
@@ -76,6 +87,24 @@ def default_middleware(*, rate_limits: RateLimitBackend | None = None) -> list[M
         Retries(),
         TimeLimit(),
     ]
+    return with_results(stack, results)
+
+
+def with_results(
+    middleware: Sequence[Middleware], results: ResultBackend | None
+) -> list[Middleware]:
+    """Return ``middleware`` with a :class:`Results` layer for ``results`` in its place.
+
+    The layer goes just outside :class:`Retries` (so that only final outcomes
+    are stored), or innermost without retries. A stack that already has a
+    results layer, or no backend, is returned as it is.
+    """
+    stack = list(middleware)
+    if results is None or any(isinstance(m, Results) for m in stack):
+        return stack
+    at = next((i for i, m in enumerate(stack) if isinstance(m, Retries)), len(stack))
+    stack.insert(at, Results(results))
+    return stack
 
 
 _OPTIONAL = {

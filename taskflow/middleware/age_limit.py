@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from taskflow.broker import seconds
-from taskflow.message import utcnow
+from taskflow._time import seconds, utcnow
 from taskflow.middleware.base import CallNext, Context, Middleware
 
 logger = logging.getLogger("taskflow.middleware.age_limit")

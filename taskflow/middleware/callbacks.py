@@ -30,17 +30,19 @@ For example::
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from taskflow.actor import Actor
-from taskflow.broker import Broker
 from taskflow.errors import BrokerUnavailable
 from taskflow.message import Message
 from taskflow.middleware.base import CallNext, Context, Middleware
 from taskflow.middleware.retries import backoff, describe
 from taskflow.results import failure_record
+
+if TYPE_CHECKING:
+    from taskflow.broker import Broker
 
 logger = logging.getLogger("taskflow.middleware.callbacks")
 

@@ -48,9 +48,9 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from taskflow.broker import seconds
+from taskflow._time import seconds, utcnow
 from taskflow.errors import ResultsNotConfigured, ResultTimeout
-from taskflow.message import Message, utcnow
+from taskflow.message import Message
 from taskflow.middleware.base import CallNext, Context, Middleware
 from taskflow.middleware.callbacks import follow_up_failed
 from taskflow.middleware.results import DEFAULT_RESULT_TTL, Results

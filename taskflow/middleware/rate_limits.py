@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import msgspec
 
+from taskflow._time import utcnow
 from taskflow.errors import RateLimitExceeded
-from taskflow.message import utcnow
 from taskflow.middleware.base import CallNext, Context, Middleware
 from taskflow.rate_limits import (
     BucketRateLimiter,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from taskflow.broker import seconds
+from taskflow._time import seconds
 from taskflow.errors import BrokerUnavailable, RateLimitExceeded
 from taskflow.middleware.base import CallNext, Context, Middleware
 from taskflow.middleware.callbacks import follow_up_failed

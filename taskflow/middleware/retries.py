@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from taskflow._redact import redact
-from taskflow.broker import seconds
+from taskflow._time import seconds
 from taskflow.errors import RateLimitExceeded, Reject, Retry
 from taskflow.middleware.base import CallNext, Context, Middleware
 

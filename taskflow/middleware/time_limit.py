@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 from taskflow._threads import STUCK_GRACE, THREAD_LIMITS
-from taskflow.broker import seconds
+from taskflow._time import seconds
 from taskflow.errors import TimeLimitExceeded
 from taskflow.middleware.base import CallNext, Context, Middleware
 

@@ -32,7 +32,7 @@ from contextlib import asynccontextmanager, contextmanager
 
 import anyio
 
-from taskflow.broker import seconds
+from taskflow._time import seconds
 from taskflow.errors import RateLimitExceeded
 from taskflow.rate_limits.backends import Full, RateLimitBackend
 

@@ -23,8 +23,10 @@ from urllib.parse import urlsplit
 
 import anyio
 
+from taskflow._time import seconds
+from taskflow._transport import DeadRecord, Envelope, QueueStats, Receipt
 from taskflow._urls import mask_url
-from taskflow.broker import Broker, DeadRecord, Envelope, QueueStats, Receipt, seconds
+from taskflow.broker import Broker
 from taskflow.brokers.rabbitmq._connection import FATAL, TRANSIENT, Link
 from taskflow.brokers.rabbitmq._consumer import Consumer, Deliveries, Plumbing
 from taskflow.brokers.rabbitmq._inspect import Inspector

@@ -25,7 +25,7 @@ from aiormq.exceptions import (
     ChannelPreconditionFailed,
 )
 
-from taskflow.broker import Receipt
+from taskflow._transport import Receipt
 from taskflow.brokers.rabbitmq._acks import ChannelAcks
 from taskflow.brokers.rabbitmq._headers import delay_left, new_message_id, prior_deliveries
 from taskflow.errors import BrokerError, LeaseLost

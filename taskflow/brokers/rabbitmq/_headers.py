@@ -21,7 +21,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from taskflow.broker import DeadRecord
+from taskflow._transport import DeadRecord
 
 if TYPE_CHECKING:
     from aiormq.abc import DeliveredMessage

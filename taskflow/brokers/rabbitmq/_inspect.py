@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import anyio
 from pamqp import commands as spec
 
-from taskflow.broker import DeadRecord, QueueStats
+from taskflow._transport import DeadRecord, QueueStats
 from taskflow.brokers.rabbitmq._headers import dead_record
 
 if TYPE_CHECKING:

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from aio_pika.abc import AbstractRobustChannel
     from aiormq.abc import DeliveredMessage
 
-    from taskflow.broker import Envelope
+    from taskflow._transport import Envelope
 
 PERSISTENT = 2
 

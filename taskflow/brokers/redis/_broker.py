@@ -52,16 +52,10 @@ import redis
 import redis.asyncio
 
 from taskflow._retrying import GaveUp, Outage, retrying
+from taskflow._time import seconds
+from taskflow._transport import DeadRecord, Envelope, QueueStats, Receipt
 from taskflow._urls import mask_url
-from taskflow.broker import (
-    GROWTH_ALLOWANCE,
-    Broker,
-    DeadRecord,
-    Envelope,
-    QueueStats,
-    Receipt,
-    seconds,
-)
+from taskflow.broker import GROWTH_ALLOWANCE, Broker
 from taskflow.brokers.redis import _scripts
 from taskflow.brokers.redis._connection import (
     async_client,

@@ -16,7 +16,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import anyio
 
-from taskflow.broker import Broker, DeadRecord, Envelope, QueueStats, Receipt
+from taskflow._transport import DeadRecord, Envelope, QueueStats, Receipt
+from taskflow.broker import Broker
 from taskflow.brokers.sqlite import _sql as sql
 from taskflow.brokers.sqlite._clock import HostClock
 from taskflow.brokers.sqlite._database import Database, GroupCommit, Ticker

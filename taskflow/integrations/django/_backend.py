@@ -26,9 +26,9 @@ from django.db import close_old_connections
 from django.utils.module_loading import import_string
 
 from taskflow import _sync
+from taskflow._time import utcnow
 from taskflow.broker import Broker
 from taskflow.errors import ResultTimeout
-from taskflow.message import utcnow
 from taskflow.middleware.current_message import current_message
 from taskflow.middleware.results import DEFAULT_RESULT_TTL
 from taskflow.results import ResultBackend, ResultRecord

@@ -1,0 +1,166 @@
+"""The transport contract: what every broker keeps, and the types its hooks exchange.
+
+A broker is two things: the user's hub (:class:`taskflow.Broker`: actors,
+middleware, codec, results) and a *transport* that moves bytes to and from
+one server. This module is the transport's half. A new broker subclasses
+:class:`taskflow.Broker` and implements the ``_``-prefixed hooks of
+:class:`Transport` below, plus a :class:`Receipt` for fetched messages; it
+needs to read nothing else. ``taskflow.brokers.memory`` is the readable
+reference implementation, and ``tests/brokers/`` checks every broker against
+the same contract:
+
+* At-least-once: a message leaves the broker only when acked. A consumer that
+  dies loses nothing; its messages come back within a bounded time.
+* Each message has a server-side delivery count (:attr:`Receipt.delivery_count`);
+  the hub dead-letters it past ``max_deliveries`` with reason
+  ``delivery_limit_exceeded``.
+* ``_enqueue`` returns only once the server holds every envelope.
+* Delayed envelopes become ready at their time, never before, judged by the
+  server's clock.
+* Within a queue, higher ``priority`` is delivered first.
+* Dead letters keep the raw body and the reason for the hub's
+  ``dead_letter_ttl`` seconds.
+* Closing a ``_consume`` iterator hands back every receipt it fetched but did
+  not yield.
+
+Hooks know nothing about actors, middleware or message fields: they receive
+encoded bodies and what the hub worked out for them (priority, delay).
+
+The module is private so that it is not one more top-level name of the
+package; code outside taskflow imports these names from :mod:`taskflow.broker`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncGenerator, Sequence
+from typing import NamedTuple
+
+__all__ = ["DeadRecord", "Envelope", "QueueStats", "Receipt", "Transport"]
+
+
+class QueueStats(NamedTuple):
+    """Message counts of one queue."""
+
+    ready: int
+    delayed: int
+    in_flight: int
+    dead: int
+
+
+class Envelope(NamedTuple):
+    """An encoded message ready for a transport's ``_enqueue``."""
+
+    id: str
+    body: bytes
+    priority: int
+    delay: float  # seconds from now, judged by the server's clock; 0 means ready
+
+
+class DeadRecord(NamedTuple):
+    """A dead letter as a transport stores it."""
+
+    id: str
+    body: bytes
+    reason: str
+    dead_at: float  # unix time
+
+
+class Receipt(ABC):
+    """A transport's handle on one fetched message: the means to settle it.
+
+    ``message_id`` is the transport's id for the stored message (the message's
+    own id for everything taskflow wrote), ``delivery_count`` the server-side
+    count including this delivery. Only the worker's settler calls the
+    settling methods, and at most one of them once per receipt.
+    """
+
+    __slots__ = ("body", "delivery_count", "message_id")
+
+    def __init__(self, message_id: str, body: bytes, delivery_count: int) -> None:
+        self.message_id = message_id
+        self.body = body
+        self.delivery_count = delivery_count
+
+    @abstractmethod
+    async def ack(self) -> None:
+        """Remove the message for good. Raises ``LeaseLost`` if the lease expired."""
+
+    @abstractmethod
+    async def dead_letter(self, reason: str) -> None:
+        """Move the message, as stored, to the queue's dead letters with ``reason``."""
+
+    @abstractmethod
+    async def retry(self, body: bytes, delay: float) -> None:
+        """Replace the message with ``body`` and make it ready after ``delay`` seconds.
+
+        The old delivery is settled and the new body stored in one atomic step.
+        """
+
+    @abstractmethod
+    async def requeue(self) -> None:
+        """Return the message unchanged, ready at once, without counting a retry."""
+
+    async def start(self) -> bool:
+        """The worker is about to run the message; return False if it must not (lease lost).
+
+        A transport that tells a message running when its worker died (a
+        suspect) from one merely fetched records it here. The default
+        records nothing.
+        """
+        return True
+
+
+class Transport(ABC):
+    """The hooks a broker implements; :class:`taskflow.Broker` calls them.
+
+    Every hook is called on a connected broker (the hub connects first), and
+    raises :class:`taskflow.BrokerUnavailable` when the server cannot be
+    reached after the transport's bounded retries.
+    """
+
+    __slots__ = ()
+
+    @abstractmethod
+    async def _connect(self) -> None:
+        """Open connections and declare what the transport needs on the server."""
+
+    @abstractmethod
+    async def _close(self) -> None:
+        """Close connections; ``_connect`` may be called again later."""
+
+    @abstractmethod
+    async def _enqueue(self, queue: str, envelopes: Sequence[Envelope]) -> None:
+        """Store ``envelopes`` in ``queue``, in one round trip where the server allows."""
+
+    @abstractmethod
+    def _consume(self, queue: str, prefetch: int) -> AsyncGenerator[Receipt, None]:
+        """Yield receipts from ``queue``, fetching up to ``prefetch`` per round trip.
+
+        Runs until closed; closing it hands back what it fetched but did not
+        yield. Reconnects by itself through outages.
+        """
+
+    @abstractmethod
+    async def _stats(self, queue: str) -> QueueStats:
+        """Count ``queue``'s ready, delayed, in-flight and dead messages."""
+
+    @abstractmethod
+    async def _dead_letters(self, queue: str, limit: int) -> list[DeadRecord]:
+        """Return up to ``limit`` dead letters of ``queue``, oldest first."""
+
+    @abstractmethod
+    async def _requeue_dead(self, queue: str, ids: list[str] | None) -> int:
+        """Move dead letters (all when ``ids`` is ``None``) back to ready; return how many."""
+
+    @abstractmethod
+    async def _purge(self, queue: str) -> int:
+        """Delete ``queue``'s ready and delayed messages; return how many."""
+
+    @abstractmethod
+    async def _purge_dead(self, queue: str) -> int:
+        """Delete ``queue``'s dead letters; return how many."""
+
+    async def _known_queues(self) -> list[str]:
+        """Queues the server knows of (default: none beyond the declared ones)."""
+        return []
