@@ -101,6 +101,16 @@ class Receipt(ABC):
     async def requeue(self) -> None:
         """Return the message unchanged, ready at once, without counting a retry."""
 
+    async def defer(self, delay: float) -> None:
+        """Put the message back, unchanged, ready after ``delay`` seconds.
+
+        Neither a retry nor this delivery counts: the next delivery's count
+        is this one's. This default stores the body again through
+        :meth:`retry`, which restarts the count; transports that can undo
+        one delivery do so.
+        """
+        await self.retry(self.body, delay)
+
     async def start(self) -> bool:
         """The worker is about to run the message; return False if it must not (lease lost).
 

@@ -43,6 +43,7 @@ __all__ = [
     "DeadRecord",
     "Delivery",
     "Envelope",
+    "GROWTH_ALLOWANCE",
     "JoinTimeout",
     "QueueStats",
     "Receipt",
@@ -80,7 +81,7 @@ class Delivery:
     Attributes:
         message: The decoded message.
         queue: The queue it came from.
-        settled: Whether ``ack``, ``nack``, ``retry`` or ``requeue`` was called.
+        settled: Whether ``ack``, ``nack``, ``retry``, ``requeue`` or ``defer`` was called.
         reason: The dead-letter reason given to ``nack``, once called.
     """
 
@@ -145,6 +146,12 @@ class Delivery:
         if not self.settled:
             self.settled = True
             await self._receipt.requeue()
+
+    async def defer(self, delay: float) -> None:
+        """Put the message back for ``delay`` seconds, counting neither a retry nor this delivery."""
+        if not self.settled:
+            self.settled = True
+            await self._receipt.defer(max(delay, 0.0))
 
 
 class _ActorDecorator(Protocol):

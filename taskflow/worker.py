@@ -7,6 +7,13 @@ so at most ``concurrency`` messages run at once and a consumer fetches only
 when a processor is free to take its next message. Async actors run on the loop;
 sync actors run in a thread pool of ``threads`` threads.
 
+Settling: middleware only mark what should happen to a message, through
+its context (``ctx.retry``, ``ctx.dead_letter``, ``ctx.requeue``,
+``ctx.defer``); :meth:`Worker._settle` alone acks, retries, requeues,
+defers or dead-letters, once the stack has returned or raised. Messages
+refused before they reach the stack (an unknown actor, arguments that do not
+fit) and prefetched ones handed back on shutdown go through it too.
+
 Shutdown (``stop()``): consumers stop fetching and hand back what they
 prefetched; running messages get ``shutdown_timeout`` seconds to finish; then
 the rest are cancelled (sync actors get ``WorkerShutdown`` raised in their
@@ -19,7 +26,7 @@ import asyncio
 import logging
 import os
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any, Self
 
 import anyio
@@ -28,8 +35,8 @@ from anyio.abc import TaskStatus
 from taskflow._redact import redact
 from taskflow._threads import STUCK_GRACE, THREAD_LIMITS, ThreadCall, ThreadPool
 from taskflow.errors import BrokerError, InvalidArguments, LeaseLost, TaskflowError
-from taskflow.middleware import Context, build_stack
-from taskflow.middleware.retries import describe
+from taskflow.middleware import Context, Outcome, build_stack
+from taskflow.middleware._shared import describe
 from taskflow.results import store_refusal
 
 if TYPE_CHECKING:
@@ -129,7 +136,7 @@ class Worker:
         shutdown_timeout: Seconds running messages get to finish on ``stop()``.
 
     Attributes:
-        processed: Messages settled as done since start.
+        processed: Messages acked as done since start.
         failed: Messages that raised (retried or dead-lettered) since start.
     """
 
@@ -326,7 +333,7 @@ class Worker:
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
                 self._release_slot(delivery)
-                await self._settle_quietly(delivery.requeue)
+                await self._settle(delivery, Outcome.REQUEUE)
             raise
 
     def _release_slot(self, delivery: Delivery) -> None:
@@ -345,7 +352,7 @@ class Worker:
                 if handed is not None:
                     with anyio.CancelScope(shield=True):
                         self._release_slot(handed)
-                        await self._settle_quietly(handed.requeue)
+                        await self._settle(handed, Outcome.REQUEUE)
                 raise
             if delivery is None:
                 return
@@ -380,17 +387,48 @@ class Worker:
                 await self._pool.take()
             except anyio.get_cancelled_exc_class():
                 with anyio.CancelScope(shield=True):
-                    await self._settle_quietly(delivery.requeue)
+                    await self._settle(delivery, Outcome.REQUEUE)
                 raise
             finally:
                 self._slot_waits.discard(waiting)
             self._prepaid.add(delivery)
             return True
         with anyio.CancelScope(shield=True):
-            await self._settle_quietly(delivery.requeue)
+            await self._settle(delivery, Outcome.REQUEUE)
         return False
 
     async def _process(self, delivery: Delivery) -> None:
+        ctx = await self._context(delivery)
+        if ctx is None:
+            return
+        if not ctx.actor.is_async and not await self._take_thread(delivery):
+            return
+        if not await delivery.start():
+            return  # its lease was taken back: it runs elsewhere
+        try:
+            ctx.result = await self._stack(ctx)
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                ctx.requeue()
+                await self._finish(ctx)
+            raise
+        except Exception as exc:
+            self.failed += 1
+            ctx.error = exc
+            if not ctx.decided:
+                message = ctx.message
+                logger.error(
+                    "message %s for %s on %s failed",
+                    message.id,
+                    ctx.actor.name,
+                    message.queue,
+                    exc_info=True,
+                )
+                ctx.dead_letter(f"failed: {describe(exc)}")
+        await self._finish(ctx)
+
+    async def _context(self, delivery: Delivery) -> Context | None:
+        """Look the actor up and convert the arguments; refuse the message if either fails."""
         message = delivery.message
         actor = self.broker.get_actor(message.actor)
         if actor is None:
@@ -401,7 +439,7 @@ class Worker:
                 message.actor,
             )
             await self._refuse(delivery, f"unknown_actor: {message.actor[:100]}")
-            return
+            return None
         try:
             args, kwargs = actor.params.convert(message.args, message.kwargs)
         except InvalidArguments as exc:
@@ -412,35 +450,15 @@ class Worker:
                 message.queue,
             )
             await self._refuse(delivery, f"invalid_arguments: {redact(str(exc))}"[:500])
-            return
-        ctx = Context(self, delivery, actor, args, kwargs)
-        if not actor.is_async and not await self._take_thread(delivery):
-            return
-        if not await delivery.start():
-            return  # its lease was taken back: it runs elsewhere
-        try:
-            ctx.result = await self._stack(ctx)
-        except anyio.get_cancelled_exc_class():
-            with anyio.CancelScope(shield=True):
-                ctx.outcome = "requeue"
-                await self._settle_quietly(delivery.requeue)
-            raise
-        except Exception as exc:
-            self.failed += 1
-            if not delivery.settled:
-                logger.error(
-                    "message %s for %s on %s failed",
-                    message.id,
-                    actor.name,
-                    message.queue,
-                    exc_info=True,
-                )
-                await self._settle_quietly(delivery.nack, f"failed: {describe(exc)}")
-        else:
-            if not delivery.settled:
-                ctx.outcome = "ok"
-                await self._settle_quietly(delivery.ack)
+            return None
+        return Context(self, delivery, actor, args, kwargs)
+
+    async def _finish(self, ctx: Context) -> None:
+        """Settle a message that went through the stack, as its context marks it."""
+        if ctx.outcome is Outcome.PENDING:
+            ctx.outcome = Outcome.ACK
             self.processed += 1
+        await self._settle(ctx.delivery, ctx.outcome, ctx.reason, ctx.delay)
 
     async def _call_actor(self, ctx: Context) -> Any:
         actor = ctx.actor
@@ -457,13 +475,28 @@ class Worker:
 
     async def _refuse(self, delivery: Delivery, reason: str) -> None:
         """Dead-letter a message that cannot run, and store why for whoever waits on it."""
-        await self._settle_quietly(delivery.nack, reason)
+        await self._settle(delivery, Outcome.DEAD, reason)
         await store_refusal(self.broker.results, delivery.message.id, reason)
 
-    async def _settle_quietly(self, settle: Callable[..., Any], *args: Any) -> None:
-        """Settle a delivery; a lost lease or connection is logged, never raised."""
+    async def _settle(
+        self, delivery: Delivery, outcome: Outcome, reason: str = "", delay: float = 0.0
+    ) -> None:
+        """Carry out ``outcome``: the one place where a worker settles a message.
+
+        A lost lease or connection is logged, never raised: the broker
+        redelivers the message.
+        """
         try:
-            await settle(*args)
+            if outcome is Outcome.ACK:
+                await delivery.ack()
+            elif outcome is Outcome.RETRY:
+                await delivery.retry(delay)
+            elif outcome is Outcome.DEAD:
+                await delivery.nack(reason)
+            elif outcome is Outcome.DEFER:
+                await delivery.defer(delay)
+            else:
+                await delivery.requeue()
         except LeaseLost as exc:
             logger.warning("lease_lost: %s", exc)
         except BrokerError as exc:

@@ -8,18 +8,19 @@ from pathlib import Path
 import taskflow
 
 ROOT = Path(taskflow.__file__).parent
-# Function-level imports that stay, each for a reason: drivers that are
-# optional extras, and the CLI's entry point (loaded only when run).
-ALLOWED_LAZY = {
-    "taskflow.cli": {"taskflow.cli.app"},
-    "taskflow.results": {
-        "taskflow.results.redis",
-        "taskflow.results.sqlite",
-        "taskflow.results.memory",
-    },
-    "taskflow.brokers.redis._broker": {"taskflow.results.redis"},
-    "taskflow.brokers.sqlite._broker": {"taskflow.results.sqlite"},
-    "taskflow.brokers.rabbitmq._broker": {"taskflow.middleware"},
+# The modules on the send and processing paths, where no import may wait
+# inside a function (the first call would pay for it, and it hides a circle).
+OPTIONAL = ("taskflow.integrations.",)
+HOT_PATH = {
+    "taskflow",
+    "taskflow._flow",
+    "taskflow._time",
+    "taskflow._transport",
+    "taskflow.actor",
+    "taskflow.broker",
+    "taskflow.composition",
+    "taskflow.message",
+    "taskflow.worker",
 }
 
 
@@ -80,8 +81,77 @@ def test_no_import_circle() -> None:
     assert circles == []
 
 
-def test_no_lazy_import_outside_the_listed_ones() -> None:
+def test_no_lazy_import_on_the_send_or_processing_path() -> None:
     modules = _modules()
-    lazy = {name: _imports(path, modules)[1] for name, path in modules.items()}
-    unexpected = {name: found - ALLOWED_LAZY.get(name, set()) for name, found in lazy.items()}
-    assert {name: found for name, found in unexpected.items() if found} == {}
+    hot = {
+        name
+        for name in modules
+        if name in HOT_PATH
+        or (name.startswith("taskflow.middleware") and name != "taskflow.middleware")
+    }
+    lazy = {name: _imports(modules[name], modules)[1] for name in hot}
+    # Integrations need their framework (an optional extra): loaded when used.
+    needed = {
+        name: {m for m in found if not m.startswith(OPTIONAL)} for name, found in lazy.items()
+    }
+    assert {name: found for name, found in needed.items() if found} == {}
+
+
+_SETTLING = {"ack", "nack", "dead_letter", "retry", "requeue", "defer"}
+# Where messages are settled: the worker's settler, the Delivery methods it
+# calls, the hub's intake (bad bytes, before there is a message) and the
+# transports themselves.
+_SETTLERS = {
+    "taskflow.worker": {"_settle"},
+    "taskflow.broker": {"ack", "nack", "retry", "requeue", "defer", "_accept"},
+    "taskflow._transport": {"defer"},
+}
+
+
+def _settling_calls(path: Path) -> list[tuple[str, str]]:
+    """(enclosing function, method) of every settling call not made on a context."""
+    found = []
+
+    def visit(node: ast.AST, function: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            name = function
+            if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef):
+                name = child.name
+            elif (
+                isinstance(child, ast.Call)
+                and isinstance(child.func, ast.Attribute)
+                and child.func.attr in _SETTLING
+                and not (
+                    isinstance(child.func.value, ast.Name)
+                    and child.func.value.id in ("ctx", "self")
+                )
+            ):
+                found.append((function, child.func.attr))
+            visit(child, name)
+
+    visit(ast.parse(path.read_text()), "")
+    return found
+
+
+def test_only_the_settler_and_the_transports_settle_messages() -> None:
+    outside = {}
+    for name, path in _modules().items():
+        if name.startswith("taskflow.brokers."):
+            continue
+        calls = [
+            call for call in _settling_calls(path) if call[0] not in _SETTLERS.get(name, set())
+        ]
+        if calls:
+            outside[name] = calls
+    assert outside == {}
+
+
+def test_no_middleware_imports_another() -> None:
+    modules = _modules()
+    shared = {"taskflow.middleware", "taskflow.middleware.base", "taskflow.middleware._shared"}
+    imports = {
+        name: {m for m in _imports(path, modules)[0] if m.startswith("taskflow.middleware")}
+        for name, path in modules.items()
+        if name.startswith("taskflow.middleware.")
+    }
+    assert {name: found - shared for name, found in imports.items() if found - shared} == {}

@@ -1,16 +1,19 @@
 from __future__ import annotations
 
 import contextvars
+import datetime as dt
 import threading
 import time
 from typing import Any
 
 import anyio
+import msgspec
 import pytest
 
 from taskflow import Middleware, Worker, current_message
+from taskflow._time import utcnow
 from taskflow.brokers.memory import MemoryBroker
-from taskflow.middleware import Context, default_middleware
+from taskflow.middleware import Context, Outcome, default_middleware
 
 pytestmark = pytest.mark.anyio
 
@@ -254,3 +257,99 @@ async def test_a_retry_never_stores_a_message_that_grew_past_what_a_delivery_acc
     (letter,) = await broker.dead_letters("default")
     assert letter.reason.startswith("too_large: ") and "after a retry" in letter.reason
     assert letter.message is not None and letter.message.retries < 5
+
+
+async def test_age_limit_dead_letter_is_not_counted_as_processed() -> None:
+    broker = MemoryBroker()
+
+    @broker.actor(max_age=60)
+    async def stale() -> None:
+        raise AssertionError("a message past its max_age must not run")
+
+    message = stale.message()
+    old = msgspec.structs.replace(message, enqueued_at=utcnow() - dt.timedelta(hours=1))
+    await broker.enqueue([old])
+    async with Worker(broker) as worker:
+        await broker.join("default", timeout=10)
+    [dead] = await broker.dead_letters("default")
+    assert dead.reason.startswith("max_age_exceeded")
+    assert (worker.processed, worker.failed) == (0, 0)
+
+
+class _DeferOnce(Middleware):
+    """Defers each message once, without running it, then lets it through."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.seen: set[str] = set()
+        self.runs: list[tuple[int, int]] = []
+
+    async def process(self, ctx: Context, call_next: Any) -> Any:
+        if ctx.message.id not in self.seen:
+            self.seen.add(ctx.message.id)
+            assert ctx.defer(self.delay)
+            return None
+        self.runs.append((ctx.message.retries, ctx.delivery.delivery_count))
+        return await call_next(ctx)
+
+
+async def test_a_deferred_message_runs_later_without_a_retry_or_a_delivery_counted() -> None:
+    defer = _DeferOnce(0.2)
+    broker = MemoryBroker(middleware=[defer, *default_middleware()], results=True)
+    ran = anyio.Event()
+
+    @broker.actor(store_results=True)
+    async def work() -> int:
+        ran.set()
+        return 1
+
+    message = await work.send()
+    started = time.monotonic()
+    async with Worker(broker) as worker:
+        with anyio.fail_after(10):
+            await ran.wait()
+        await broker.join("default", timeout=10)
+    assert time.monotonic() - started >= 0.2
+    assert defer.runs == [(0, 1)]
+    assert worker.processed == 1
+    assert await message.result(timeout=1) == 1
+
+
+async def test_the_first_marked_outcome_wins() -> None:
+    marks: list[tuple[str, bool]] = []
+
+    class LateDefer(Middleware):
+        async def process(self, ctx: Context, call_next: Any) -> Any:
+            try:
+                return await call_next(ctx)
+            finally:
+                marks.append((ctx.outcome, ctx.defer(5.0)))
+
+    broker = MemoryBroker(middleware=[LateDefer(), *default_middleware()])
+
+    @broker.actor(max_retries=0)
+    async def boom() -> None:
+        raise ValueError("boom")
+
+    await boom.send()
+    async with Worker(broker) as worker:
+        await broker.join("default", timeout=10)
+    assert marks == [(Outcome.DEAD, False)]
+    [dead] = await broker.dead_letters("default")
+    assert dead.reason.startswith("max_retries_exceeded: ValueError: boom")
+    assert (worker.processed, worker.failed) == (0, 1)
+
+
+async def test_a_failure_without_retries_is_dead_lettered_by_the_settler() -> None:
+    broker = MemoryBroker(middleware=[])
+
+    @broker.actor
+    async def boom() -> None:
+        raise ValueError("no retries here")
+
+    await boom.send()
+    async with Worker(broker) as worker:
+        await broker.join("default", timeout=10)
+    [dead] = await broker.dead_letters("default")
+    assert dead.reason == "failed: ValueError: no retries here"
+    assert worker.failed == 1

@@ -221,3 +221,9 @@ class _MemoryReceipt(Receipt):
         if self.message_id in self._q.in_flight:
             self._q.in_flight.discard(self.message_id)
             self._broker._push(self._q, self.message_id, 0)
+
+    async def defer(self, delay: float) -> None:
+        if self.message_id in self._q.in_flight:
+            self._q.in_flight.discard(self.message_id)
+            self._q.messages[self.message_id].deliveries -= 1
+            self._broker._push(self._q, self.message_id, delay)

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from taskflow.middleware.age_limit import AgeLimit
-from taskflow.middleware.base import CallNext, Context, Middleware, build_stack
+from taskflow.middleware.base import CallNext, Context, Middleware, Outcome, build_stack
 from taskflow.middleware.callbacks import Callbacks
 from taskflow.middleware.composition import Composition
 from taskflow.middleware.current_message import CurrentMessage, current_delivery, current_message
@@ -53,6 +53,7 @@ __all__ = [
     "CurrentMessage",
     "Middleware",
     "OpenTelemetry",
+    "Outcome",
     "Prometheus",
     "RateLimits",
     "Results",

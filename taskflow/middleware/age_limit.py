@@ -37,7 +37,6 @@ class AgeLimit(Middleware):
                     ctx.message.queue,
                     age,
                 )
-                ctx.outcome = "dead"
-                await ctx.delivery.nack(f"max_age_exceeded: {age:.1f} s old")
+                ctx.dead_letter(f"max_age_exceeded: {age:.1f} s old")
                 return None
         return await call_next(ctx)

@@ -1,10 +1,19 @@
-"""The middleware contract: async, around-style, built into a stack once."""
+"""The middleware contract: async, around-style, built into a stack once.
+
+A layer never settles a message itself. It says what should happen to it
+through its :class:`Context` (``ctx.retry(delay)``, ``ctx.dead_letter(reason)``,
+``ctx.requeue()``, ``ctx.defer(delay)``), and once the stack has returned or
+raised, the worker's settler does it: a message nobody marked is acked when
+the stack returned, dead-lettered when it raised. The first mark wins, so an
+inner layer's decision (retries', say) stands against an outer one's.
+"""
 
 from __future__ import annotations
 
+import enum
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from taskflow.actor import Actor
@@ -14,7 +23,25 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("taskflow.middleware")
 
-Outcome = Literal["pending", "ok", "retry", "dead", "requeue"]
+
+class Outcome(enum.StrEnum):
+    """What the worker's settler does with a message (string values, as before)."""
+
+    #: Nothing decided yet: acked if the stack returns, dead-lettered if it raises.
+    PENDING = "pending"
+    #: Done: acked (set by the settler).
+    ACK = "ok"
+    #: Run again after ``ctx.delay`` seconds, one more retry counted.
+    RETRY = "retry"
+    #: To dead letters with ``ctx.reason``.
+    DEAD = "dead"
+    #: Handed back unchanged, ready at once, nothing counted (shutdown, cancellation).
+    REQUEUE = "requeue"
+    #: Put back for ``ctx.delay`` seconds, neither a retry nor a delivery counted.
+    DEFER = "defer"
+
+
+_RUNS_AGAIN = frozenset({Outcome.RETRY, Outcome.REQUEUE, Outcome.DEFER})
 
 
 class Context:
@@ -28,8 +55,10 @@ class Context:
         actor: The actor it runs.
         args: Positional arguments, converted to the actor's annotations.
         kwargs: Keyword arguments, converted likewise.
-        outcome: ``"pending"`` until settled, then ``"ok"``, ``"retry"``,
-            ``"dead"`` or ``"requeue"``.
+        outcome: What the settler will do: :attr:`Outcome.PENDING` until a
+            layer marks it (or the settler settles it).
+        delay: Seconds before the message runs again, for a retry or deferral.
+        reason: The dead-letter reason, for :attr:`Outcome.DEAD`.
         error: The exception the actor raised, if it failed.
         result: What the actor returned, once it succeeded.
         interrupt: Raises an exception inside a sync actor's thread (set while one runs).
@@ -40,12 +69,14 @@ class Context:
         "actor",
         "args",
         "broker",
+        "delay",
         "delivery",
         "error",
         "interrupt",
         "kwargs",
         "message",
         "outcome",
+        "reason",
         "result",
         "state",
         "worker",
@@ -66,7 +97,9 @@ class Context:
         self.actor = actor
         self.args = args
         self.kwargs = kwargs
-        self.outcome: Outcome = "pending"
+        self.outcome = Outcome.PENDING
+        self.delay = 0.0
+        self.reason = ""
         self.error: BaseException | None = None
         self.result: Any = None
         self.interrupt: Callable[[type[BaseException]], None] | None = None
@@ -78,6 +111,49 @@ class Context:
         if name in options:
             return options[name]
         return self.actor.options.get(name, default)
+
+    # -- marking the outcome (the worker's settler carries it out) -----------
+
+    def retry(self, delay: float = 0.0) -> bool:
+        """Run the message again after ``delay`` seconds, counting one more retry.
+
+        Returns:
+            Whether this mark took effect (``False`` if an outcome was marked before).
+        """
+        return self._mark(Outcome.RETRY, delay=delay)
+
+    def dead_letter(self, reason: str) -> bool:
+        """Send the message to dead letters with ``reason`` (``"kind: detail"``)."""
+        return self._mark(Outcome.DEAD, reason=reason)
+
+    def requeue(self) -> bool:
+        """Hand the message back unchanged, ready at once, counting neither retry nor failure."""
+        return self._mark(Outcome.REQUEUE)
+
+    def defer(self, delay: float) -> bool:
+        """Put the message back for ``delay`` seconds (a full rate limit, say).
+
+        Neither a retry nor a delivery is counted towards ``max_deliveries``.
+        """
+        return self._mark(Outcome.DEFER, delay=delay)
+
+    @property
+    def decided(self) -> bool:
+        """Whether an outcome was marked: the message is not simply acked."""
+        return self.outcome is not Outcome.PENDING
+
+    @property
+    def runs_again(self) -> bool:
+        """Whether the message will run again (retried, requeued or deferred)."""
+        return self.outcome in _RUNS_AGAIN
+
+    def _mark(self, outcome: Outcome, *, delay: float = 0.0, reason: str = "") -> bool:
+        if self.outcome is not Outcome.PENDING:
+            return False
+        self.outcome = outcome
+        self.delay = max(delay, 0.0)
+        self.reason = reason
+        return True
 
 
 CallNext = Callable[[Context], Awaitable[Any]]

@@ -35,10 +35,9 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from taskflow.actor import Actor
-from taskflow.errors import BrokerUnavailable
 from taskflow.message import Message
-from taskflow.middleware.base import CallNext, Context, Middleware
-from taskflow.middleware.retries import backoff, describe
+from taskflow.middleware._shared import follow_up_failed
+from taskflow.middleware.base import CallNext, Context, Middleware, Outcome
 from taskflow.results import failure_record
 
 if TYPE_CHECKING:
@@ -91,14 +90,14 @@ class Callbacks(Middleware):
         try:
             value = await call_next(ctx)
         except Exception as exc:
-            if on_failure is not None and ctx.outcome == "dead":
+            if on_failure is not None and ctx.outcome is Outcome.DEAD:
                 await self._send_failure(ctx, on_failure, exc)
             raise
-        if on_success is not None and ctx.outcome != "dead":
+        if on_success is not None and not ctx.decided:
             try:
                 await self._send(ctx, on_success, value)
             except Exception as exc:
-                await follow_up_failed(ctx, exc, "its on_success callback")
+                follow_up_failed(ctx, exc, "its on_success callback")
                 raise
         return value
 
@@ -122,38 +121,3 @@ class Callbacks(Middleware):
             )
             return
         await actor.send_with_options(args=(ctx.message.id, payload))
-
-
-async def follow_up_failed(ctx: Context, exc: Exception, what: str) -> None:
-    """Settle a message that succeeded but whose follow-up (``what``) failed.
-
-    A server that could not be reached (:class:`taskflow.BrokerUnavailable`)
-    retries the message after a backoff, so the follow-up is not lost; any
-    other error (a value that cannot be encoded, a message too large) would
-    fail again, so the message goes to dead letters with the reason.
-    """
-    if ctx.delivery.settled:
-        logger.error("message %s: could not send %s (%s)", ctx.message.id, what, describe(exc))
-        return
-    if isinstance(exc, BrokerUnavailable):
-        delay = backoff(ctx.message.retries, 1.0, 60.0)
-        logger.warning(
-            "message %s for %s: could not send %s (%s); running it again in %.1f s",
-            ctx.message.id,
-            ctx.actor.name,
-            what,
-            describe(exc),
-            delay,
-        )
-        ctx.outcome = "retry"
-        await ctx.delivery.retry(delay)
-        return
-    logger.error(
-        "message %s for %s: could not send %s; dead-lettering it",
-        ctx.message.id,
-        ctx.actor.name,
-        what,
-        exc_info=exc,
-    )
-    ctx.outcome = "dead"
-    await ctx.delivery.nack(f"failed: could not send {what}: {describe(exc)}")

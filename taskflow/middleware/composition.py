@@ -48,12 +48,11 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from taskflow._time import seconds, utcnow
+from taskflow._time import utcnow
 from taskflow.errors import ResultsNotConfigured, ResultTimeout
 from taskflow.message import Message
-from taskflow.middleware.base import CallNext, Context, Middleware
-from taskflow.middleware.callbacks import follow_up_failed
-from taskflow.middleware.results import DEFAULT_RESULT_TTL, Results
+from taskflow.middleware._shared import DEFAULT_RESULT_TTL, follow_up_failed, result_ttl
+from taskflow.middleware.base import CallNext, Context, Middleware, Outcome
 from taskflow.results import ResultBackend, ResultRecord, failure_record
 
 if TYPE_CHECKING:
@@ -332,13 +331,6 @@ class Runner:
             await self.fail(Tail(info.pipe_target, info.group_ref), record)
 
 
-def _result_ttl(ctx: Context) -> float:
-    for m in ctx.broker.middleware:
-        if isinstance(m, Results):
-            return m.ttl(ctx)
-    return seconds(ctx.option("result_ttl", DEFAULT_RESULT_TTL))
-
-
 class Composition(Middleware):
     """Send the next pipeline step and complete groups when a message finishes.
 
@@ -356,19 +348,20 @@ class Composition(Middleware):
             return await call_next(ctx)
         tail = Tail.of_options(options)
         rerun = ctx.delivery.redelivered or ctx.message.retries > 0
-        runner = Runner(ctx.broker, rerun=rerun, ttl=_result_ttl(ctx))
         try:
             value = await call_next(ctx)
         except Exception as exc:
-            if ctx.outcome == "dead":
+            if ctx.outcome is Outcome.DEAD:
+                runner = Runner(ctx.broker, rerun=rerun, ttl=result_ttl(ctx))
                 await self._failed(ctx, runner, tail, exc)
             raise
-        if ctx.outcome != "dead":
+        if not ctx.decided:
+            runner = Runner(ctx.broker, rerun=rerun, ttl=result_ttl(ctx))
             try:
                 await runner.succeed(tail, value, ctx.message.id)
                 await runner.flush()
             except Exception as exc:
-                await follow_up_failed(ctx, exc, "the next step of its pipeline or group")
+                follow_up_failed(ctx, exc, "the next step of its pipeline or group")
                 raise
         return value
 

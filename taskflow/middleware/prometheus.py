@@ -308,7 +308,7 @@ class Prometheus(Middleware):
         if outcome == "retry":
             bound.retries.inc()
         elif outcome == "dead":
-            self.dead_letter(ctx.message.queue, ctx.message.actor, ctx.delivery.reason or "")
+            self.dead_letter(ctx.message.queue, ctx.message.actor, ctx.reason)
 
     def dead_letter(self, queue: str, actor: str, reason: str) -> None:
         """Count one dead letter of ``actor`` on ``queue`` with ``reason``."""

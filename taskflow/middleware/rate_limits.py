@@ -17,13 +17,14 @@ The delay (see :class:`_Pacer`) is at least ``min_delay`` (0.1 s) and at
 most ``max_delay`` (5 s): deferred messages of one key are spread out by
 how fast room comes free, and the delay grows while the key stays full.
 
-This layer sits outside results, callbacks and retries: a deferred message
-has no outcome yet, so none of them sees it.
+This layer sits outside results, callbacks and retries and marks the
+deferral on the context (``ctx.defer``); the worker's settler puts the
+message back. Retries lets ``RateLimitExceeded`` through unmarked, so the
+deferral is the message's only outcome.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import random
 import time
@@ -31,9 +32,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import msgspec
 
-from taskflow._time import utcnow
 from taskflow.errors import RateLimitExceeded
 from taskflow.middleware.base import CallNext, Context, Middleware
 from taskflow.rate_limits import (
@@ -217,18 +216,18 @@ class RateLimits(Middleware):
             try:
                 return await call_next(ctx)
             except RateLimitExceeded as exc:
-                await self._defer(ctx, exc)
+                self._defer(ctx, exc)
                 return None
         held: list[tuple[RateLimiter, str]] = []
         since = time.monotonic()
         try:
             full = await self._take_all(ctx, limiters, held)
             if full is not None:
-                await self._defer(ctx, full)
+                self._defer(ctx, full)
                 return None
             return await call_next(ctx)
         except RateLimitExceeded as exc:
-            await self._defer(ctx, exc)
+            self._defer(ctx, exc)
             return None
         finally:
             with anyio.CancelScope(shield=True):
@@ -256,7 +255,7 @@ class RateLimits(Middleware):
             # The slot comes back by itself after the limiter's ttl.
             logger.exception("could not release rate limit %r", limiter.key)
 
-    async def _defer(self, ctx: Context, exc: RateLimitExceeded) -> None:
+    def _defer(self, ctx: Context, exc: RateLimitExceeded) -> None:
         delay = self._pacer.full(exc)
         m = ctx.message
         logger.debug(
@@ -267,21 +266,5 @@ class RateLimits(Middleware):
             delay,
             exc.key,
         )
-        await _put_back(ctx, delay)
-
-
-async def _put_back(ctx: Context, delay: float) -> None:
-    """Put the message back after ``delay`` seconds, keeping its retry count.
-
-    The transport replaces the message as it does for a retry, which starts
-    its delivery count afresh: a deferral never counts towards
-    ``max_deliveries``.
-    """
-    delivery = ctx.delivery
-    if delivery.settled:
-        return
-    delivery.settled = True
-    ctx.state["deferred"] = delay
-    message = msgspec.structs.replace(ctx.message, eta=utcnow() + dt.timedelta(seconds=delay))
-    body = ctx.broker.codec.encode(message)
-    await delivery._receipt.retry(body, delay)
+        ctx.state["deferred"] = delay
+        ctx.defer(delay)

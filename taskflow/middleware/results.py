@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 from taskflow._time import seconds
 from taskflow.errors import BrokerUnavailable, RateLimitExceeded
+from taskflow.middleware._shared import DEFAULT_RESULT_TTL, RESULT_TTL_KEY, follow_up_failed
 from taskflow.middleware.base import CallNext, Context, Middleware
-from taskflow.middleware.callbacks import follow_up_failed
 from taskflow.results import ResultRecord, failure_record
 
 if TYPE_CHECKING:
@@ -16,15 +16,16 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("taskflow.middleware.results")
 
-DEFAULT_RESULT_TTL = 3600.0
+__all__ = ["DEFAULT_RESULT_TTL", "Results"]
 
 
 class Results(Middleware):
     """Write an actor's return value, or its final failure, to ``backend``.
 
-    Nothing is written for a failure that will be retried: only once the
-    outcome is final (``ctx.outcome``, set by :class:`Retries`, which runs
-    inside this layer). Options: ``store_results`` (bool) and
+    Nothing is written for a failure that will run again: only once the
+    outcome is final (``ctx.outcome``, marked by :class:`Retries`, which runs
+    inside this layer), and nothing for a message another layer marked
+    instead of letting it be acked (deferred, say). Options: ``store_results`` (bool) and
     ``result_ttl`` (seconds, default one hour).
 
     If the backend cannot be reached to store the value of a message that
@@ -48,13 +49,14 @@ class Results(Middleware):
         """Run the rest of the stack and record the final outcome."""
         if not ctx.option("store_results", False):
             return await call_next(ctx)
+        ctx.state[RESULT_TTL_KEY] = self.ttl(ctx)
         try:
             value = await call_next(ctx)
         except Exception as exc:
-            if ctx.outcome != "retry" and not isinstance(exc, RateLimitExceeded):
+            if not ctx.runs_again and not isinstance(exc, RateLimitExceeded):
                 await self._store_failure(ctx, exc)
             raise
-        if ctx.outcome != "dead":
+        if not ctx.decided:
             try:
                 await self.backend.store(
                     ctx.message.id, ResultRecord(ok=True, value=value), self.ttl(ctx)
@@ -63,7 +65,7 @@ class Results(Middleware):
                 if not isinstance(exc, BrokerUnavailable):
                     # A value the codec cannot encode: say so to whoever waits.
                     await self._store_failure(ctx, exc)
-                await follow_up_failed(ctx, exc, "its result")
+                follow_up_failed(ctx, exc, "its result")
                 raise
         return value
 

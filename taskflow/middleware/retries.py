@@ -3,37 +3,33 @@
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Callable
 from typing import Any
 
 from taskflow._redact import redact
 from taskflow._time import seconds
 from taskflow.errors import RateLimitExceeded, Reject, Retry
+from taskflow.middleware._shared import backoff, describe
 from taskflow.middleware.base import CallNext, Context, Middleware
+
+__all__ = [
+    "DEFAULT_MAX_BACKOFF",
+    "DEFAULT_MAX_RETRIES",
+    "DEFAULT_MIN_BACKOFF",
+    "Retries",
+    "backoff",
+    "describe",
+]
 
 logger = logging.getLogger("taskflow.middleware.retries")
 
 DEFAULT_MAX_RETRIES = 20
 DEFAULT_MIN_BACKOFF = 15.0
 DEFAULT_MAX_BACKOFF = 7 * 24 * 3600.0
-_REASON_LIMIT = 500
-
-
-def describe(exc: BaseException) -> str:
-    """Return ``Type: message``, capped and with secrets masked, for dead-letter reasons and logs."""
-    text = f"{type(exc).__name__}: {redact(str(exc))}"
-    return text if len(text) <= _REASON_LIMIT else text[: _REASON_LIMIT - 3] + "..."
-
-
-def backoff(retries: int, min_backoff: float, max_backoff: float) -> float:
-    """Exponential backoff for the ``retries``-th retry, with jitter, in seconds."""
-    ceiling = min(max_backoff, min_backoff * 2 ** min(retries, 64))
-    return random.uniform(min(min_backoff, ceiling), ceiling)
 
 
 class Retries(Middleware):
-    """Settle failed messages: retry with backoff, or dead-letter with the reason.
+    """Decide the fate of failed messages: retry with backoff, or dead letters.
 
     Options (per actor, or per message): ``max_retries``, ``min_backoff``,
     ``max_backoff``, ``retry_when(retries, exc) -> bool`` (replaces
@@ -41,9 +37,9 @@ class Retries(Middleware):
     retry). An actor may raise :class:`taskflow.Retry` to be retried without
     an error log, or :class:`taskflow.Reject` to go straight to dead letters.
 
-    After settling, the exception is raised again so outer middleware
-    (results, callbacks) can see it; ``ctx.outcome`` tells whether it will
-    run again (``"retry"``) or not (``"dead"``).
+    It marks the outcome (``ctx.retry`` or ``ctx.dead_letter``) and raises
+    the exception again so that outer middleware (results, callbacks) see it;
+    ``ctx.outcome`` tells them whether it will run again. The worker settles.
     """
 
     actor_options = frozenset({"max_retries", "min_backoff", "max_backoff", "retry_when", "throws"})
@@ -67,7 +63,7 @@ class Retries(Middleware):
             raise  # a deferral, not a failure: the rate-limit layer puts it back
         except Exception as exc:
             ctx.error = exc
-            await self._settle(ctx, exc)
+            self._decide(ctx, exc)
             raise
 
     def _should_retry(self, ctx: Context, exc: Exception) -> bool:
@@ -83,10 +79,9 @@ class Retries(Middleware):
         max_retries: int = ctx.option("max_retries", self.max_retries)
         return retries < max_retries
 
-    async def _settle(self, ctx: Context, exc: Exception) -> None:
+    def _decide(self, ctx: Context, exc: Exception) -> None:
         m = ctx.message
         if not self._should_retry(ctx, exc):
-            ctx.outcome = "dead"
             if isinstance(exc, Reject):
                 reason = f"rejected: {redact(str(exc))}"
             elif ctx.option("throws") and isinstance(exc, ctx.option("throws")):
@@ -101,7 +96,7 @@ class Retries(Middleware):
                 reason,
                 exc_info=not isinstance(exc, Reject),
             )
-            await ctx.delivery.nack(reason)
+            ctx.dead_letter(reason)
             return
         if isinstance(exc, Retry) and exc.delay is not None:
             delay = seconds(exc.delay)
@@ -111,7 +106,6 @@ class Retries(Middleware):
                 seconds(ctx.option("min_backoff", self.min_backoff)),
                 seconds(ctx.option("max_backoff", self.max_backoff)),
             )
-        ctx.outcome = "retry"
         logger.warning(
             "message %s for %s on %s failed (%s); retry %d in %.2f s",
             m.id,
@@ -123,4 +117,4 @@ class Retries(Middleware):
             # The first failure carries the traceback; repeats of it stay one line.
             exc_info=m.retries == 0 and not isinstance(exc, Retry),
         )
-        await ctx.delivery.retry(delay)
+        ctx.retry(delay)

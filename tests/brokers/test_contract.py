@@ -158,6 +158,34 @@ async def test_requeue_counts_a_delivery_not_a_retry(broker: Broker, queue: str)
     assert again.message.retries == 0
 
 
+async def test_defer_counts_neither_a_retry_nor_a_delivery(broker: Broker, queue: str) -> None:
+    echo = declare(broker, queue)
+    sent = await echo.send(1)
+    [d] = await take(broker, queue)
+    await d.requeue()
+    [d] = await take(broker, queue)
+    assert d.delivery_count == 2
+    await d.defer(0.3)
+    stats = await broker.stats(queue)
+    assert (stats.delayed, stats.in_flight) == (1, 0)
+    [again] = await take(broker, queue)
+    assert again.message == sent
+    assert again.delivery_count == 2
+
+
+@pytest.mark.parametrize("broker_options", [{"max_deliveries": 2}])
+async def test_deferrals_never_reach_the_delivery_limit(broker: Broker, queue: str) -> None:
+    echo = declare(broker, queue)
+    await echo.send(1)
+    for _ in range(3):
+        [d] = await take(broker, queue)
+        assert d.delivery_count == 1
+        await d.defer(0)
+    [d] = await take(broker, queue)
+    await d.ack()
+    assert await broker.dead_letters(queue) == []
+
+
 @pytest.mark.parametrize("broker_options", [{"max_deliveries": 2}])
 async def test_delivery_limit_dead_letters(broker: Broker, queue: str) -> None:
     echo = declare(broker, queue)

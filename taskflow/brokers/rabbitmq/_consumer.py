@@ -542,3 +542,11 @@ class _Receipt(Receipt):
                 consumer.names, self._message, deliveries=self.delivery_count
             )
         )
+
+    async def defer(self, delay: float) -> None:
+        consumer = self._consumer
+        await self._replace(
+            lambda: consumer.plumbing.publisher.move(
+                consumer.names, self._message, delay=delay, deliveries=self.delivery_count - 1
+            )
+        )

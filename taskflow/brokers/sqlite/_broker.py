@@ -556,3 +556,8 @@ class _SQLiteReceipt(Receipt):
     async def requeue(self) -> None:
         if await self._settle(sql.REQUEUE, delivered=1):
             self._broker._wake(self.queue)
+
+    async def defer(self, delay: float) -> None:
+        await self._fenced("deferral", sql.DEFER, delay=delay)
+        if delay <= 0:
+            self._broker._wake(self.queue)

@@ -96,6 +96,12 @@ UPDATE {TABLE}
 SET {UNLEASE}, deliveries = deliveries - 1 + :delivered
 WHERE seq = :seq AND lease_owner = :owner
 """
+# Back to waiting after ``:delay`` seconds, with this delivery undone.
+DEFER = f"""
+UPDATE {TABLE}
+SET ready_at = {NOW} + :delay, deliveries = deliveries - 1, {UNLEASE}
+WHERE {HELD}
+"""
 # A late heartbeat still renews what no reaper has taken back.
 RENEW = f"UPDATE {TABLE} SET lease_expires = {NOW} + :lease WHERE lease_owner = :owner"
 # A process never takes back its own leases: its heartbeat renews them for as
