@@ -77,6 +77,15 @@ class _Params:
             raise InvalidArguments(str(exc)) from exc
 
 
+def _refuse_reserved(broker: Broker, options: dict[str, Any], who: str) -> None:
+    reserved = sorted(set(options) & broker.internal_options)
+    if reserved:
+        raise TypeError(
+            f"{who} got option(s) {', '.join(map(repr, reserved))}, which taskflow reserves "
+            "for pipelines and groups; compose with taskflow.pipeline / taskflow.group"
+        )
+
+
 def _convert(value: Any, tp: Any) -> Any:
     if tp in _ANY_TYPES:
         return value
@@ -118,6 +127,7 @@ class Actor(Generic[P, R]):
         self.queue = queue
         self.priority = priority
         self.broker = broker
+        _refuse_reserved(broker, options, f"actor {self.name!r}")
         unknown = sorted(set(options) - broker.actor_options)
         if unknown:
             raise TypeError(
@@ -166,9 +176,10 @@ class Actor(Generic[P, R]):
         """Build a message with per-message options.
 
         Raises:
-            TypeError: An unknown option, or ``delay`` together with ``eta``.
+            TypeError: An unknown or reserved option, or ``delay`` together with ``eta``.
             ValueError: A naive ``eta``.
         """
+        _refuse_reserved(self.broker, options, "a message")
         unknown = sorted(set(options) - self.broker.actor_options)
         if unknown:
             raise TypeError(f"unknown message option(s) {', '.join(map(repr, unknown))}")

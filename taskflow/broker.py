@@ -26,7 +26,13 @@ from taskflow import _sync
 from taskflow._time import seconds, utcnow
 from taskflow._transport import DeadRecord, Envelope, QueueStats, Receipt, Transport
 from taskflow.actor import Actor
-from taskflow.errors import DecodeError, JoinTimeout, MessageTooLarge, ResultsNotConfigured
+from taskflow.errors import (
+    DecodeError,
+    JoinTimeout,
+    MessageTooLarge,
+    MiddlewareError,
+    ResultsNotConfigured,
+)
 from taskflow.message import Codec, Message
 from taskflow.middleware import Middleware, default_middleware, with_results
 from taskflow.results import store_refusal
@@ -161,6 +167,14 @@ class _ActorDecorator(Protocol):
     def __call__(self, fn: Callable[P, R], /) -> Actor[P, R]: ...
 
 
+def _checked(middleware: Sequence[object]) -> list[Middleware]:
+    for m in middleware:
+        if not isinstance(m, Middleware):
+            hint = f"; write {m.__name__}()" if isinstance(m, type) else ""
+            raise MiddlewareError(f"middleware must be Middleware objects, not {m!r}{hint}")
+    return [m for m in middleware if isinstance(m, Middleware)]
+
+
 class Broker(Transport):
     """Base class of every broker: actor registry, middleware, codec and the contract.
 
@@ -174,6 +188,9 @@ class Broker(Transport):
         dead_letter_ttl: Seconds dead letters are kept.
         results: ``True`` to keep results on this broker's own store, or a
             result backend object.
+
+    Raises:
+        MiddlewareError: An entry of ``middleware`` is not a Middleware object.
     """
 
     def __init__(
@@ -195,7 +212,7 @@ class Broker(Transport):
         if middleware is None:
             stack = default_middleware(results=self.results)
         else:
-            stack = with_results(middleware, self.results)
+            stack = with_results(_checked(middleware), self.results)
         self.middleware: tuple[Middleware, ...] = tuple(stack)
         # Built once: the enqueue hooks of the layers that override before_enqueue.
         self._enqueue_hooks = tuple(
@@ -216,6 +233,14 @@ class Broker(Transport):
         names: set[str] = set()
         for m in self.middleware:
             names |= m.actor_options
+        return frozenset(names)
+
+    @property
+    def internal_options(self) -> frozenset[str]:
+        """Message options only taskflow writes (composition's); refused from users."""
+        names: set[str] = set()
+        for m in self.middleware:
+            names |= m.internal_options
         return frozenset(names)
 
     @overload
@@ -514,9 +539,20 @@ class Broker(Transport):
         if self.results is None:
             raise ResultsNotConfigured(f"{type(self).__name__} was built without results=")
         await self.connect()
-        return await self.results.wait(
-            message, timeout=None if timeout is None else seconds(timeout)
-        )
+        record = await self.results.fetch(message.id, None if timeout is None else seconds(timeout))
+        record.raise_for_failure()
+        return self._convert_result(message.actor, record.value)
+
+    def _convert_result(self, actor_name: str, value: Any) -> Any:
+        """Convert a stored result to the return annotation of the actor named ``actor_name``.
+
+        Values of actors this broker does not declare, or that return ``Any``,
+        come back as stored.
+        """
+        actor = self.actors.get(actor_name)
+        if actor is None or actor.params.return_type is Any:
+            return value
+        return msgspec.convert(value, actor.params.return_type, strict=False)
 
     # -- building from a URL --------------------------------------------------
 

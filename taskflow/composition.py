@@ -16,7 +16,7 @@ of the group's results, and each member's first step receives the previous
 step's result) and pipelines may be group members. Everything a
 composition needs travels in its messages' options and in the result
 backend, so no process has to stay alive to see it through; see
-:mod:`taskflow.middleware.composition` for how.
+:mod:`taskflow._flow` for how.
 
 Every message of a composition is sent with ``store_results=True``; reading
 results and completing groups need a broker built with ``results=``.
@@ -33,13 +33,8 @@ from typing import TYPE_CHECKING, Any, Self
 
 import msgspec
 
-from taskflow._ids import new_id
-from taskflow._time import seconds
-from taskflow.actor import Actor
-from taskflow.errors import ResultsNotConfigured, ResultTimeout
-from taskflow.message import Message
-from taskflow.middleware.composition import (
-    Composition,
+from taskflow._flow import (
+    INTERNAL_OPTIONS,
     GroupInfo,
     GroupNode,
     MessageNode,
@@ -47,6 +42,12 @@ from taskflow.middleware.composition import (
     Runner,
     Tail,
 )
+from taskflow._ids import new_id
+from taskflow._time import seconds
+from taskflow.actor import Actor
+from taskflow.errors import ResultsNotConfigured, ResultTimeout
+from taskflow.message import Message
+from taskflow.middleware.composition import Composition
 
 if TYPE_CHECKING:
     from taskflow.broker import Broker
@@ -78,9 +79,7 @@ class _Compiler:
             raise ValueError(f"message {message.id} appears twice in one composition")
         self.seen.add(message.id)
         data: dict[str, Any] = msgspec.to_builtins(message, enc_hook=_enc_hook)
-        options = {
-            k: v for k, v in data["options"].items() if k not in ("pipe_target", "group_ref")
-        }
+        options = {k: v for k, v in data["options"].items() if k not in INTERNAL_OPTIONS}
         options["store_results"] = True
         if tail.pipe_target is not None:
             options["pipe_target"] = msgspec.to_builtins(tail.pipe_target)
@@ -183,8 +182,7 @@ class _Composed:
 
     def _convert(self, child: Message[Any] | group | pipeline, value: Any) -> Any:
         if isinstance(child, Message):
-            backend = self._needs().results
-            return value if backend is None else backend.convert(child.actor, value)
+            return self._needs()._convert_result(child.actor, value)
         if isinstance(child, pipeline):
             return child._convert(child.children[-1], value)
         return [child._convert(c, v) for c, v in zip(child.children, value, strict=True)]

@@ -7,16 +7,19 @@
     │   ├── BrokerUnavailable      the server could not be reached after bounded retries
     │   ├── JoinTimeout            Broker.join gave up before the queue drained (a TimeoutError)
     │   ├── LeaseLost              a late ack or retry from a worker whose lease expired
-    │   └── MessageTooLarge        an encoded message over the broker's size limit
+    │   ├── MessageTooLarge        an encoded message over the broker's size limit
+    │   ├── PublishRejected        RabbitMQ refused a publish (a negative confirm)
+    │   └── Unroutable             RabbitMQ returned a mandatory publish: no queue bound
     ├── DecodeError                bytes that are not a valid message (keeps the raw bytes)
     ├── ActorNotFound              a message for an actor this broker does not know
     ├── InvalidArguments           arguments that do not fit the actor's signature
-    ├── MiddlewareError            a middleware hook failed where failure aborts start
+    ├── MiddlewareError            a middleware stack that cannot work (not Middleware objects)
     ├── ResultFailed               the actor failed; carries the remote type, message, traceback
-    ├── ResultTimeout              no result within the timeout
+    ├── ResultTimeout              no result within the timeout (also a TimeoutError)
     ├── ResultsNotConfigured       result() on a broker without a result backend
     ├── TimeLimitExceeded          an actor ran past its time limit
     ├── RateLimitExceeded          a rate limiter is full (the message is deferred, not failed)
+    ├── WorkerShutdown             raised in a sync actor's thread when shutdown stops waiting
     └── signals raised by actors to steer their message:
         ├── Retry                  retry later (optionally after ``delay`` seconds)
         └── Reject                 send the message straight to dead letters
@@ -56,6 +59,14 @@ class MessageTooLarge(BrokerError):
         self.limit = limit
 
 
+class PublishRejected(BrokerError):
+    """RabbitMQ refused a publish with a negative confirm (``basic.nack``)."""
+
+
+class Unroutable(BrokerError):
+    """RabbitMQ returned a mandatory publish: no queue was bound to receive it."""
+
+
 class DecodeError(TaskflowError):
     """Bytes that could not be decoded into a message; ``data`` keeps them."""
 
@@ -74,7 +85,7 @@ class InvalidArguments(TaskflowError):
 
 
 class MiddlewareError(TaskflowError):
-    """A middleware hook failed where failure must abort (for example on startup)."""
+    """A middleware stack that cannot work: an entry that is not a ``Middleware`` object."""
 
 
 class TimeLimitExceeded(TaskflowError):
@@ -109,7 +120,7 @@ class ResultsNotConfigured(TaskflowError):
     """Results were requested from a broker built without ``results=``."""
 
 
-class ResultTimeout(TaskflowError):
+class ResultTimeout(TaskflowError, TimeoutError):
     """No result arrived within the timeout."""
 
 
@@ -121,6 +132,10 @@ class ResultFailed(TaskflowError):
         self.type_name = type_name
         self.message = message
         self.traceback = traceback
+
+
+class WorkerShutdown(TaskflowError):
+    """Raised inside a sync actor's thread when the worker gives up waiting for it."""
 
 
 class Retry(TaskflowError):

@@ -34,7 +34,7 @@ from anyio.abc import TaskStatus
 
 from taskflow._redact import redact
 from taskflow._threads import STUCK_GRACE, THREAD_LIMITS, ThreadCall, ThreadPool
-from taskflow.errors import BrokerError, InvalidArguments, LeaseLost, TaskflowError
+from taskflow.errors import BrokerError, InvalidArguments, LeaseLost, WorkerShutdown
 from taskflow.middleware import Context, Outcome, build_stack
 from taskflow.middleware._shared import describe
 from taskflow.results import store_refusal
@@ -44,14 +44,12 @@ if TYPE_CHECKING:
 
     from taskflow.broker import Broker, Delivery
 
+__all__ = ["HAND_BACK_TIMEOUT", "Worker", "WorkerShutdown"]
+
 logger = logging.getLogger("taskflow.worker")
 
 #: Seconds a stopping consumer may take to hand back its prefetched messages.
 HAND_BACK_TIMEOUT = 10.0
-
-
-class WorkerShutdown(TaskflowError):
-    """Raised inside a sync actor's thread when the worker gives up waiting for it."""
 
 
 class _Handoff:

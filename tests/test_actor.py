@@ -191,3 +191,18 @@ async def test_arguments_that_do_not_fit_are_dead_lettered() -> None:
     dead = {d.id: d.reason for d in await broker.dead_letters("default")}
     assert set(dead) == {m.id for m in bad}
     assert all(r.startswith("invalid_arguments") for r in dead.values())
+
+
+def test_composition_option_keys_are_reserved() -> None:
+    broker = MemoryBroker()
+    with pytest.raises(TypeError, match="'pipe_target'.*reserves"):
+
+        @broker.actor(pipe_target={})
+        async def bad() -> None: ...
+
+    @broker.actor
+    async def step(x: int = 0) -> None: ...
+
+    with pytest.raises(TypeError, match="'group_ref'.*reserves"):
+        step.message_with_options(group_ref={})
+    assert step.message_with_options(pipe_ignore=True).options == {"pipe_ignore": True}

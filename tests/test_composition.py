@@ -11,11 +11,11 @@ import pytest
 
 import taskflow
 from taskflow import Broker, BrokerUnavailable, ResultFailed, ResultTimeout, Worker, group, pipeline
+from taskflow._flow import GroupNode, MessageNode, Runner, Tail
 from taskflow.broker import Envelope
 from taskflow.brokers.memory import MemoryBroker
 from taskflow.errors import ResultsNotConfigured
 from taskflow.middleware import Context, default_middleware
-from taskflow.middleware.composition import Runner, Tail
 from taskflow.results.memory import MemoryResults
 
 pytestmark = pytest.mark.anyio
@@ -499,11 +499,11 @@ async def test_a_group_member_carries_the_same_few_bytes_whatever_the_group_size
         g = group([app.add.message(i, 1) for i in range(size)])
         g.add_completion_callback(app.done.message("all"))
         node = g._compile(taskflow.composition._Compiler(), Tail(), nested=False)
-        assert isinstance(node, taskflow.middleware.composition.GroupNode)
+        assert isinstance(node, GroupNode)
         bodies = [
             app.broker.codec.encode(msgspec.convert(member.message, taskflow.Message))
             for member in node.members
-            if isinstance(member, taskflow.middleware.composition.MessageNode)
+            if isinstance(member, MessageNode)
         ]
         return max(len(body) for body in bodies)
 

@@ -427,3 +427,22 @@ async def test_bodies_refused_by_the_broker_fail_their_results_at_once() -> None
         assert broker.results is not None
         record = await broker.results.fetch("01BADBODY0000000000000000", 0)
         assert (record.ok, record.error_type) == (False, "DecodeError")
+
+
+async def test_each_broker_converts_its_own_results_from_a_shared_backend() -> None:
+    backend = MemoryResults()
+    dates, texts = MemoryBroker(results=backend), MemoryBroker(results=backend)
+
+    @dates.actor(name="when", store_results=True)
+    async def when_date() -> dt.date:
+        return dt.date(2026, 12, 1)
+
+    @texts.actor(name="when", store_results=True)
+    async def when_text() -> str:
+        return "2026-12-01"
+
+    as_date, as_text = await when_date.send(), await when_text.send()
+    await drain(dates)
+    await drain(texts)
+    assert await as_date.result(timeout=1) == dt.date(2026, 12, 1)
+    assert await as_text.result(timeout=1) == "2026-12-01"

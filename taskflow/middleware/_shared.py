@@ -9,14 +9,22 @@ from typing import TYPE_CHECKING
 from taskflow._redact import redact
 from taskflow._time import seconds
 from taskflow.errors import BrokerUnavailable
+from taskflow.results import DEFAULT_RESULT_TTL
 
 if TYPE_CHECKING:
     from taskflow.middleware.base import Context
 
 logger = logging.getLogger("taskflow.middleware")
 
-#: Seconds a stored result is kept unless ``result_ttl`` says otherwise.
-DEFAULT_RESULT_TTL = 3600.0
+__all__ = [
+    "DEFAULT_RESULT_TTL",
+    "RESULT_TTL_KEY",
+    "backoff",
+    "describe",
+    "follow_up_failed",
+    "result_ttl",
+]
+
 #: Where the results layer leaves the TTL it used in ``ctx.state``.
 RESULT_TTL_KEY = "taskflow.result_ttl"
 

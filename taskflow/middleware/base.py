@@ -169,9 +169,12 @@ class Middleware:
     Attributes:
         actor_options: Actor and message options this middleware reads; an
             actor declared with an option no middleware accepts is an error.
+        internal_options: Message options this middleware reads that only
+            taskflow writes; reserved, refused as actor or message options.
     """
 
     actor_options: ClassVar[frozenset[str]] = frozenset()
+    internal_options: ClassVar[frozenset[str]] = frozenset()
 
     def validate(self, broker: Broker, actor: str, options: Mapping[str, Any]) -> None:
         """Check the values of this middleware's options when ``actor`` is declared.

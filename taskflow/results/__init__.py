@@ -29,7 +29,6 @@ from taskflow.errors import ResultFailed, ResultTimeout
 if TYPE_CHECKING:
     from taskflow.broker import Broker
     from taskflow.brokers.sqlite._results import SQLiteResults
-    from taskflow.message import Message
     from taskflow.results.memory import MemoryResults
     from taskflow.results.redis import RedisResults
 
@@ -45,6 +44,9 @@ __all__ = [
 ]
 
 _TRACEBACK_LIMIT = 8000
+
+#: Seconds a stored result is kept unless ``result_ttl`` says otherwise.
+DEFAULT_RESULT_TTL = 3600.0
 
 
 class ResultRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -123,11 +125,12 @@ class ResultBackend(ABC):
     write is idempotent or atomic, so several workers may share one backend.
     """
 
-    _broker: Broker | None = None
+    async def connect(self, broker: Broker) -> None:  # noqa: B027 - nothing to open here
+        """Open connections; called when ``broker`` connects.
 
-    async def connect(self, broker: Broker) -> None:
-        """Open connections; called when the broker connects."""
-        self._broker = broker
+        A backend keeps no reference to the broker: converting a stored value
+        to an actor's return type is the broker's job (``Broker.get_result``).
+        """
 
     async def close(self) -> None:  # noqa: B027 - most backends have nothing to close
         """Close connections; called when the broker closes."""
@@ -157,24 +160,6 @@ class ResultBackend(ABC):
         except ResultTimeout:
             return False
         return record.ok
-
-    async def wait(self, message: Message[Any], *, timeout: float | None) -> Any:
-        """Return ``message``'s value converted to its actor's return annotation.
-
-        Raises:
-            ResultFailed: The actor failed for good.
-            ResultTimeout: Nothing was stored in time.
-        """
-        record = await self.fetch(message.id, timeout)
-        record.raise_for_failure()
-        return self.convert(message.actor, record.value)
-
-    def convert(self, actor_name: str, value: Any) -> Any:
-        """Convert a stored value to the return annotation of the actor named ``actor_name``."""
-        actor = self._broker.get_actor(actor_name) if self._broker else None
-        if actor is None or actor.params.return_type is Any:
-            return value
-        return msgspec.convert(value, actor.params.return_type, strict=False)
 
     async def incr(self, key: str, ttl: float) -> int:
         """Add one to the counter ``key`` atomically and return the new value.

@@ -4,7 +4,7 @@ See :class:`RabbitMQBroker` for the design and its guarantees.
 """
 
 from taskflow.brokers.rabbitmq._broker import RabbitMQBroker
-from taskflow.brokers.rabbitmq._publisher import PublishRejected, Unroutable
 from taskflow.brokers.rabbitmq._topology import LEVELS, MAX_DELAY, UNIT_MS
+from taskflow.errors import PublishRejected, Unroutable
 
 __all__ = ["LEVELS", "MAX_DELAY", "UNIT_MS", "PublishRejected", "RabbitMQBroker", "Unroutable"]

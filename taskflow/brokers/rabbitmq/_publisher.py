@@ -29,7 +29,7 @@ from taskflow.brokers.rabbitmq._topology import (
     delay_units,
     routing_key,
 )
-from taskflow.errors import BrokerError, BrokerUnavailable
+from taskflow.errors import BrokerError, BrokerUnavailable, PublishRejected, Unroutable
 
 if TYPE_CHECKING:
     import aiormq
@@ -39,14 +39,6 @@ if TYPE_CHECKING:
     from taskflow._transport import Envelope
 
 PERSISTENT = 2
-
-
-class Unroutable(BrokerError):
-    """RabbitMQ returned a mandatory publish: no queue was bound to receive it."""
-
-
-class PublishRejected(BrokerError):
-    """RabbitMQ refused a publish with a negative confirm (``basic.nack``)."""
 
 
 class Publisher:
