@@ -67,7 +67,7 @@ from taskflow.brokers.redis._connection import (
 from taskflow.brokers.redis._keeper import Keeper, LeaseTable
 from taskflow.brokers.redis._keys import Keys
 from taskflow.brokers.redis._results import RedisResults
-from taskflow.brokers.redis._settle import Item, Settler
+from taskflow.brokers.redis._settle import Item, Op, Settler
 from taskflow.errors import BrokerError, BrokerUnavailable, LeaseLost
 from taskflow.results import store_refusal
 
@@ -90,14 +90,6 @@ _SCRIPTS = {
     "requeue_dead": _scripts.REQUEUE_DEAD,
     "purge": _scripts.PURGE,
     "purge_dead": _scripts.PURGE_DEAD,
-}
-_VERBS = {
-    "a": "ack",
-    "d": "dead-letter",
-    "r": "retry",
-    "q": "requeue",
-    "u": "hand back",
-    "f": "deferral",
 }
 _WHY = {
     _scripts.OWNED_BY_OTHER: "another consumer holds it now",
@@ -588,7 +580,7 @@ class _Queue:
     async def _flush(self, items: Sequence[Item]) -> list[int]:
         return await self.broker._settle(self, items)
 
-    async def settle(self, receipt: _RedisReceipt, op: str, a: Any = "", b: int = 0) -> None:
+    async def settle(self, receipt: _RedisReceipt, op: Op, a: Any = "", b: int = 0) -> None:
         self.leases.remove(receipt)
         try:
             status = await self.settler.submit((op, receipt.wid, receipt.token, a, b))
@@ -597,7 +589,7 @@ class _Queue:
                 receipt.quarantine.release(receipt)
         if status != _scripts.APPLIED:
             raise LeaseLost(
-                f"{_VERBS[op]} of message {receipt.message_id} on queue {self.name} refused: "
+                f"{op.verb} of message {receipt.message_id} on queue {self.name} refused: "
                 f"its lease expired and {_WHY.get(status, 'it moved')}"
             )
 
@@ -610,7 +602,7 @@ class _Queue:
         fetched, not as a suspect.
         """
         try:
-            status = await self.settler.submit(("s", receipt.wid, receipt.token, "", 0))
+            status = await self.settler.submit((Op.START, receipt.wid, receipt.token, "", 0))
         except BrokerError as exc:
             logger.warning("could not record the start of %s (%s)", receipt.message_id, exc)
             return True
@@ -632,7 +624,7 @@ class _Queue:
             self.leases.remove(r)
             if r.quarantine is not None:
                 r.quarantine.release(r)
-        items: list[Item] = [("u", r.wid, r.token, "", 0) for r in receipts if not r.lost]
+        items: list[Item] = [(Op.HAND_BACK, r.wid, r.token, "", 0) for r in receipts if not r.lost]
         try:
             for start in range(0, len(items), _CHUNK):
                 await self.broker._settle(self, items[start : start + _CHUNK])
@@ -680,19 +672,19 @@ class _RedisReceipt(Receipt):
         self.quarantine: _Quarantine | None = None
 
     async def ack(self) -> None:
-        await self.queue.settle(self, "a")
+        await self.queue.settle(self, Op.ACK)
 
     async def dead_letter(self, reason: str) -> None:
-        await self.queue.settle(self, "d", reason)
+        await self.queue.settle(self, Op.DEAD_LETTER, reason)
 
     async def retry(self, body: bytes, delay: float) -> None:
-        await self.queue.settle(self, "r", _scripts.raw_str(body), _ms(delay))
+        await self.queue.settle(self, Op.RETRY, _scripts.raw_str(body), _ms(delay))
 
     async def requeue(self) -> None:
-        await self.queue.settle(self, "q")
+        await self.queue.settle(self, Op.REQUEUE)
 
     async def defer(self, delay: float) -> None:
-        await self.queue.settle(self, "f", "", _ms(delay))
+        await self.queue.settle(self, Op.DEFER, "", _ms(delay))
 
     async def start(self) -> bool:
         return await self.queue.start(self)

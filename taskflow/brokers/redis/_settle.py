@@ -11,12 +11,41 @@ only once Redis applied (or refused) its item.
 from __future__ import annotations
 
 import asyncio
+import enum
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
 
-Item = tuple[str, Any, str, Any, int]  # op, id, token, a, b (see _scripts.SETTLE)
+
+class Op(enum.StrEnum):
+    """What one settle item does; the value is the letter ``_scripts.SETTLE`` reads."""
+
+    ACK = "a"
+    DEAD_LETTER = "d"  # a: the reason
+    RETRY = "r"  # a: the new body, b: delay ms
+    REQUEUE = "q"  # counted as a delivery
+    HAND_BACK = "u"  # fetched but never started: its delivery is undone
+    DEFER = "f"  # b: delay ms; its delivery is undone
+    START = "s"  # the worker starts running it (tells a crash's suspect from the fetched)
+
+    @property
+    def verb(self) -> str:
+        """How log lines name it."""
+        return _VERBS[self]
+
+
+_VERBS = {
+    Op.ACK: "ack",
+    Op.DEAD_LETTER: "dead-letter",
+    Op.RETRY: "retry",
+    Op.REQUEUE: "requeue",
+    Op.HAND_BACK: "hand back",
+    Op.DEFER: "deferral",
+    Op.START: "start",
+}
+
+Item = tuple[Op, Any, str, Any, int]  # op, id, token, a, b (see _scripts.SETTLE)
 Flush = Callable[[Sequence[Item]], Awaitable[list[int]]]
 
 MAX_BATCH = 500
