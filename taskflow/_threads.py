@@ -97,6 +97,49 @@ def _set_async_exc(ident: int, exc_type: type[BaseException] | None) -> None:
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), exc)
 
 
+class _LimitTimers:
+    """The time-limit timers of one call: interrupt at the limit, abandon after the grace.
+
+    The limit is counted from when the thread starts the call (``on_start``),
+    not from when it was queued for a thread.
+    """
+
+    __slots__ = ("abandon", "call", "finished", "grace", "limit", "loop", "timers")
+
+    def __init__(self, call: ThreadCall, limit: float | None, grace: float | None) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.call = call
+        self.limit = limit
+        self.grace = grace
+        self.timers: list[asyncio.TimerHandle] = []
+        self.finished = False
+        self.abandon = anyio.CancelScope()
+        if limit is not None:
+            call.on_start = self._started
+
+    def _started(self) -> None:  # in the thread
+        self.loop.call_soon_threadsafe(self._arm)
+
+    def _arm(self) -> None:  # on the loop, as the thread starts the call
+        if not self.finished and self.limit is not None:
+            self.timers.append(self.loop.call_later(self.limit, self._expire))
+
+    def _expire(self) -> None:
+        self.call.interrupt(TimeLimitExceeded)
+        if self.grace is not None:
+            self.timers.append(self.loop.call_later(self.grace, self._give_up))
+
+    def _give_up(self) -> None:
+        if self.call.running:
+            self.abandon.cancel()
+
+    def stop(self) -> None:
+        """Cancel the timers; a start reported later arms nothing."""
+        self.finished = True
+        for timer in self.timers:
+            timer.cancel()
+
+
 class ThreadPool:
     """At most ``threads`` sync calls at once, each under its time limit.
 
@@ -162,33 +205,11 @@ class ThreadPool:
         Raises:
             TimeLimitExceeded: The call ran over ``limit``, or was given up as stuck.
         """
-        loop = asyncio.get_running_loop()
-        timers: list[asyncio.TimerHandle] = []
-        finished = False
+        timers = _LimitTimers(call, limit, stuck_grace)
         text = f"{name} ran over its time limit of {limit} s"
-
-        def expire() -> None:
-            call.interrupt(TimeLimitExceeded)
-            if stuck_grace is not None:
-                timers.append(loop.call_later(stuck_grace, give_up))
-
-        def give_up() -> None:
-            if call.running:
-                abandon.cancel()
-
-        def arm() -> None:  # on the loop, as the thread starts the call
-            assert limit is not None
-            if not finished:
-                timers.append(loop.call_later(limit, expire))
-
-        def started() -> None:  # in the thread
-            loop.call_soon_threadsafe(arm)
-
-        if limit is not None:
-            call.on_start = started
         self._running.add(call)
         try:
-            with anyio.CancelScope() as abandon:
+            with timers.abandon:
                 try:
                     return await anyio.to_thread.run_sync(
                         call.run, limiter=self._runner, abandon_on_cancel=True
@@ -198,10 +219,8 @@ class ThreadPool:
                         raise TimeLimitExceeded(text) from exc
                     raise
         finally:
-            finished = True
+            timers.stop()
             self._running.discard(call)
-            for timer in timers:
-                timer.cancel()
         self._give_up(name, limit, stuck_grace)
         raise TimeLimitExceeded(f"{text} and was still running {stuck_grace} s later")
 
