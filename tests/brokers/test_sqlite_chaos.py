@@ -103,6 +103,8 @@ class Chaos:
 
     async def kill_one(self) -> None:
         victim = self.rng.choice(self.children())
+        # Frozen first, so that it cannot lease more between the count and the kill
+        os.kill(victim, signal.SIGSTOP)
         [(held,)] = self.store.query(
             "SELECT COUNT(*) FROM taskflow_messages WHERE lease_owner LIKE ?", (f"%:{victim}:%",)
         )
