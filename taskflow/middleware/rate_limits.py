@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import logging
 import random
+import statistics
 import time
+from collections import deque
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -52,7 +54,8 @@ logger = logging.getLogger("taskflow.middleware.rate_limits")
 DEFAULT_MIN_DELAY = 0.1
 DEFAULT_MAX_DELAY = 5.0
 _MAX_KEYS = 10_000
-_OVERSUBSCRIBE = 1.2
+_OVERSUBSCRIBE = 1.5
+_HOLDS = 32
 
 
 class _Pacer:
@@ -62,7 +65,7 @@ class _Pacer:
     the backend, across all workers): it comes back about when the messages
     ahead of it have had their turn, each turn being the time one unit of
     room takes to come free (how long this process's holders hold, divided
-    by the limit and by 1.2, so that a few more come back than fit and room
+    by the limit and by 1.5, so that more come back than fit and room
     never waits; a window or bucket divided by its limit). And a floor that
     grows while the key stays full: half the time since this process last
     saw room on it. Both are kept between ``min_delay`` and ``max_delay``
@@ -74,16 +77,25 @@ class _Pacer:
         self.max_delay = max_delay
         self._room: dict[str, float] = {}
         self._hold: dict[str, float] = {}
+        self._recent: dict[str, deque[float]] = {}
 
     def room(self, key: str) -> None:
         """The key had room just now."""
         self._room[key] = time.monotonic()
 
     def held(self, key: str, seconds: float) -> None:
-        """A holder of ``key`` held it ``seconds`` (a moving average is kept)."""
+        """A holder of ``key`` held it ``seconds``; the median of the last ones is kept.
+
+        A median, not a mean: one hold stretched by a stalled loop must not
+        send a whole line of messages away for seconds.
+        """
         self.room(key)
-        last = self._hold.get(key)
-        self._hold[key] = seconds if last is None else 0.8 * last + 0.2 * seconds
+        recent = self._recent.get(key)
+        if recent is None:
+            recent = self._recent[key] = deque(maxlen=_HOLDS)
+        recent.append(seconds)
+        if len(recent) == 1 or len(recent) % 8 == 0:
+            self._hold[key] = statistics.median(recent)
 
     def _turn(self, key: str, limiter: RateLimiter | None) -> float:
         """Seconds one unit of room takes to come free, as far as this process knows."""
@@ -102,6 +114,7 @@ class _Pacer:
         if len(self._room) > _MAX_KEYS:
             self._room.clear()
             self._hold.clear()
+            self._recent.clear()
         key, now = exc.key, time.monotonic()
         line = (exc.retry_after or 0.0) + exc.ahead * self._turn(key, exc.limiter)
         floor = 0.5 * (now - self._room.setdefault(key, now))
