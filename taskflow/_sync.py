@@ -147,7 +147,9 @@ class Portal:
             if home is not None and (home is self.loop or home.is_running()):
                 return home
             loop = self._start()
-            if broker._connected:  # on a loop that stopped: its connections are unusable
+            if broker._connected and broker._loop_pid != os.getpid():
+                forget_connections(broker)  # the parent process's: never touch them here
+            elif broker._connected:  # on a loop that stopped: its connections are unusable
                 self._drop_stale(broker, loop)
             return loop
 

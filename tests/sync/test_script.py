@@ -51,9 +51,12 @@ def test_a_plain_script_sends_reads_results_forks_and_closes_at_exit(
         "forked child exited 0",
         "multiprocessing children exited [0, 0, 0]",
         "parent after fork 42",
-        lines[7],
+        "fork beside a running loop: child exited 0, parent got 10",
     ]
     # Closed once, by the parent, at exit: not by the forked children (theirs exit with _exit
     # or multiprocessing's os._exit, after their own work).
-    assert lines[7:] == [f"closed at exit in {lines[7].split()[-1]}"]
+    assert lines[8:] == [f"closed at exit in {lines[8].split()[-1]}"]
+    # Had the child closed the connections it inherited, the parent's loop would have lost
+    # their sockets (its selector is shared across the fork) and its send would retry.
+    assert "lost the connection" not in stderr
     assert status == 0
