@@ -33,6 +33,13 @@ pytestmark = pytest.mark.anyio
 
 Make = Callable[..., RabbitMQBroker]
 
+# One call: remember the watermark, set it below what the node uses, report alarms.
+RAISE_ALARM = (
+    "W = vm_memory_monitor:get_vm_memory_high_watermark(), "
+    "vm_memory_monitor:set_vm_memory_high_watermark(0.000001), timer:sleep(300), "
+    'io:format("~p~n", [W]), rabbit_alarm:get_alarms().'
+)
+
 
 @pytest.fixture
 def exclusive_rabbitmq() -> Iterator[None]:
@@ -262,13 +269,7 @@ async def test_memory_alarm_blocks_publishing_until_send_timeout(
 
     async with broker:
         await noop.send()
-        # One call: remember the watermark, set it below what the node uses, report alarms.
-        raise_alarm = (
-            "W = vm_memory_monitor:get_vm_memory_high_watermark(), "
-            "vm_memory_monitor:set_vm_memory_high_watermark(0.000001), timer:sleep(300), "
-            'io:format("~p~n", [W]), rabbit_alarm:get_alarms().'
-        )
-        output = await anyio.to_thread.run_sync(lambda: rabbitmqctl("eval", raise_alarm))
+        output = await anyio.to_thread.run_sync(lambda: rabbitmqctl("eval", RAISE_ALARM))
         watermark, alarms = output.split("\n", 1)
         try:
             assert "memory" in alarms  # the fault is real
@@ -283,6 +284,52 @@ async def test_memory_alarm_blocks_publishing_until_send_timeout(
         # may not have been stored, and sending works again.
         await noop.send()
         assert (await broker.stats(queue)).ready in (2, 3)
+
+
+def _unacked(name: str) -> tuple[int, int]:
+    """(messages, unacked) of RabbitMQ queue ``name``, read through rabbitmqctl."""
+    out = rabbitmqctl("list_queues", "-q", "name", "messages", "messages_unacknowledged")
+    for line in out.splitlines():
+        parts = line.split()
+        if parts and parts[0] == name:
+            return int(parts[1]), int(parts[2])
+    raise AssertionError(f"no queue {name}")
+
+
+async def test_memory_alarm_blocks_sends_but_not_the_acks_that_drain_the_backlog(
+    exclusive_rabbitmq: None, make: Make, queue: str
+) -> None:
+    broker = make(send_timeout=1.5)
+    done: list[int] = []
+
+    @broker.actor(queue=queue)
+    async def work(i: int) -> None:
+        await anyio.sleep(0.005)
+        done.append(i)
+
+    async with broker:
+        await work.send_many([(i,) for i in range(300)])
+        output = await anyio.to_thread.run_sync(lambda: rabbitmqctl("eval", RAISE_ALARM))
+        watermark, alarms = output.split("\n", 1)
+        try:
+            assert "memory" in alarms  # the fault is real
+            async with Worker(broker, [queue], concurrency=5, prefetch=5):
+                # A send from this process is blocked, which blocks the
+                # connection it publishes on ...
+                with pytest.raises(BrokerUnavailable, match="unreachable or blocked"):
+                    await work.send(-1)
+                # ... yet the backlog drains: the acks travel on another one.
+                name = broker._declarer.topology.names(queue).main
+                with anyio.fail_after(20):
+                    while len(done) < 300 or await anyio.to_thread.run_sync(_unacked, name) != (
+                        0,
+                        0,
+                    ):
+                        await anyio.sleep(0.1)
+        finally:
+            restore = f"vm_memory_monitor:set_vm_memory_high_watermark({watermark.strip()})."
+            await anyio.to_thread.run_sync(lambda: rabbitmqctl("eval", restore))
+        assert sorted(done) == list(range(300))
 
 
 # -- delays -----------------------------------------------------------------------
@@ -376,7 +423,8 @@ async def test_ack_on_a_dropped_connection_raises_lease_lost(make: Make, queue: 
     async with broker:
         sent = await echo.send(1)
         [d] = await take(broker, queue)
-        assert await anyio.to_thread.run_sync(close_connections, marker) == 1
+        # Its two connections: consuming and publishing.
+        assert await anyio.to_thread.run_sync(close_connections, marker) == 2
         with pytest.raises(LeaseLost):
             await d.ack()
         [again] = await take(broker, queue, timeout=15)  # after aio-pika reconnected

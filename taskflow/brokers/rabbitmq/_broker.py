@@ -177,18 +177,20 @@ class RabbitMQBroker(Broker):
         self._build()
 
     def _build(self) -> None:
-        """The parts, unconnected."""
-        self._link = Link(
-            self.url,
-            name=self.connection_name,
-            timeout=self.send_timeout,
-            reconnect_interval=self.reconnect_interval,
-            ssl_context=self.ssl_context,
-        )
+        """The parts, unconnected.
+
+        Two connections: one publishes, the other consumes, acks and runs
+        management calls. RabbitMQ blocks a connection that publishes during
+        a memory or disk alarm (it stops reading from it altogether); acks
+        and counts on a connection of their own keep flowing, so workers
+        drain the backlog that the alarm is about.
+        """
+        self._link = self._new_link("")
+        self._publishing = self._new_link(" publishing")
         topology = Topology(self.prefix, self.queue_type, self.max_priority, self.dead_letter_ttl)
         self._declarer = Declarer(self._link, topology, self.dead_letter_ttl)
         self._publisher = Publisher(
-            self._link,
+            self._publishing,
             self._declarer,
             content_type="application/json" if self.codec.name == "json" else "application/msgpack",
             max_priority=self.max_priority,
@@ -200,6 +202,15 @@ class RabbitMQBroker(Broker):
         )
         self._plumbing = Plumbing(self._link, self._declarer, self._publisher, self._deliveries)
         self._checked_timeouts: set[str] = set()
+
+    def _new_link(self, role: str) -> Link:
+        return Link(
+            self.url,
+            name=self.connection_name + role,
+            timeout=self.send_timeout,
+            reconnect_interval=self.reconnect_interval,
+            ssl_context=self.ssl_context,
+        )
 
     def __repr__(self) -> str:
         return (
@@ -223,7 +234,13 @@ class RabbitMQBroker(Broker):
     async def _connect(self) -> None:
         link = self._link
         await link.open()
-        await self._publisher.open()
+        try:
+            await self._publishing.open()
+            await self._publisher.open()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await link.close()
+            raise
         self._declarer.reset()
         logger.info(
             "connected to RabbitMQ %s at %s",
@@ -235,6 +252,7 @@ class RabbitMQBroker(Broker):
         await self._deliveries.settle_grace()
         self._publisher.forget()
         self._declarer.reset()
+        await self._publishing.close()
         await self._link.close()
 
     def _forget_connections(self) -> None:
