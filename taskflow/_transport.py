@@ -144,11 +144,17 @@ class Transport(ABC):
         """Store ``envelopes`` in ``queue``, in one round trip where the server allows."""
 
     @abstractmethod
-    def _consume(self, queue: str, prefetch: int) -> AsyncGenerator[Receipt, None]:
+    def _consume(
+        self, queue: str, prefetch: int, time_limit: float | None
+    ) -> AsyncGenerator[Receipt, None]:
         """Yield receipts from ``queue``, fetching up to ``prefetch`` per round trip.
 
         Runs until closed; closing it hands back what it fetched but did not
-        yield. Reconnects by itself through outages.
+        yield. Reconnects by itself through outages. ``time_limit`` is how
+        long a message of ``queue`` may run, in seconds, from the actors the
+        hub knows (the longest of their limits; ``None`` when one has none,
+        0 when no actor of ``queue`` is declared), for a server that watches
+        how long a delivery stays unsettled.
         """
 
     @abstractmethod

@@ -34,7 +34,7 @@ from taskflow.errors import (
     ResultsNotConfigured,
 )
 from taskflow.message import Codec, Message
-from taskflow.middleware import Middleware, default_middleware, with_results
+from taskflow.middleware import Middleware, TimeLimit, default_middleware, with_results
 from taskflow.results import store_refusal
 
 if TYPE_CHECKING:
@@ -421,11 +421,24 @@ class Broker(Transport):
         letters with their reason and a warning.
         """
         await self.connect()
-        async with aclosing(self._consume(queue, max(prefetch, 1))) as receipts:
+        time_limit = self._longest_time_limit(queue)
+        async with aclosing(self._consume(queue, max(prefetch, 1), time_limit)) as receipts:
             async for receipt in receipts:
                 delivery = await self._accept(queue, receipt)
                 if delivery is not None:
                     yield delivery
+
+    def _longest_time_limit(self, queue: str) -> float | None:
+        """The longest ``time_limit`` of ``queue``'s actors (``None``: one has no limit)."""
+        default = next((m.time_limit for m in self.middleware if isinstance(m, TimeLimit)), None)
+        longest = 0.0
+        for actor in self.actors.values():
+            if actor.queue == queue:
+                limit = actor.option("time_limit", default)
+                if limit is None:
+                    return None
+                longest = max(longest, seconds(limit))
+        return longest
 
     async def _accept(self, queue: str, receipt: Receipt) -> Delivery | None:
         size = len(receipt.body)

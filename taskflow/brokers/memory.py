@@ -130,7 +130,9 @@ class MemoryBroker(Broker):
             q.messages[e.id] = _Stored(e.body, e.priority)
             self._push(q, e.id, e.delay)
 
-    async def _consume(self, queue: str, prefetch: int) -> AsyncGenerator[Receipt, None]:
+    async def _consume(
+        self, queue: str, prefetch: int, time_limit: float | None
+    ) -> AsyncGenerator[Receipt, None]:
         q = self._queue(queue)
         batch: list[Receipt] = []
         try:

@@ -543,7 +543,7 @@ async def test_consumer_timeout_is_checked_against_time_limits(
                 await take(broker, queue, 1, timeout=5)
         assert "consumer_timeout < time_limit" in caplog.text and "20 s" in caplog.text
         broker._link.server_version = (3, 12, 0)
-        assert broker._consumer_arguments(queue, *broker._longest_time_limit(queue)) == {
+        assert broker._consumer_arguments(queue, broker._longest_time_limit(queue)) == {
             "x-consumer-timeout": 100_000
         }
         broker._link.server_version = (3, 10, 8)
@@ -554,7 +554,7 @@ async def test_consumer_timeout_is_checked_against_time_limits(
         async def short() -> None: ...
 
         with caplog.at_level(logging.WARNING, "taskflow.brokers.rabbitmq"):
-            assert broker._consumer_arguments(other, *broker._longest_time_limit(other)) == {}
+            assert broker._consumer_arguments(other, broker._longest_time_limit(other)) == {}
         assert "consumer_timeout" not in caplog.text
 
 

@@ -23,7 +23,6 @@ from urllib.parse import urlsplit
 
 import anyio
 
-from taskflow._time import seconds
 from taskflow._transport import DeadRecord, Envelope, QueueStats, Receipt
 from taskflow._urls import mask_url
 from taskflow.broker import Broker
@@ -267,9 +266,11 @@ class RabbitMQBroker(Broker):
         names = await self._declarer.ensure(queue)
         await self._publisher.enqueue(names, envelopes)
 
-    async def _consume(self, queue: str, prefetch: int) -> AsyncGenerator[Receipt, None]:
+    async def _consume(
+        self, queue: str, prefetch: int, time_limit: float | None
+    ) -> AsyncGenerator[Receipt, None]:
         names = await self._declarer.ensure(queue)
-        arguments = self._consumer_arguments(queue, *self._longest_time_limit(queue))
+        arguments = self._consumer_arguments(queue, time_limit)
         consumer = Consumer(self._plumbing, queue, names, prefetch, arguments)
         try:
             await consumer.start()
@@ -329,32 +330,15 @@ class RabbitMQBroker(Broker):
 
     # -- long tasks -------------------------------------------------------------
 
-    def _longest_time_limit(self, queue: str) -> tuple[bool, float]:
-        """(whether some actor of ``queue`` has no time limit, the longest limit)."""
-        from taskflow.middleware import TimeLimit
-
-        default: float | None = None
-        for m in self.middleware:
-            if isinstance(m, TimeLimit):
-                default = m.time_limit
-        unlimited, longest = False, 0.0
-        for actor in self.actors.values():
-            if actor.queue != queue:
-                continue
-            limit = actor.options.get("time_limit", default)
-            if limit is None:
-                unlimited = True
-            else:
-                longest = max(longest, seconds(limit))
-        return unlimited, longest
-
-    def _consumer_arguments(self, queue: str, unlimited: bool, longest: float) -> dict[str, Any]:
+    def _consumer_arguments(self, queue: str, time_limit: float | None) -> dict[str, Any]:
         """``basic.consume`` arguments for ``queue``, warning once about ``consumer_timeout``.
 
-        On RabbitMQ 3.12 and newer the consumer gets ``x-consumer-timeout``
-        above twice the longest time limit of the queue's actors (a message
-        may wait in the prefetch buffer for a slot before it runs).
+        ``time_limit`` is the longest time limit of the queue's actors, as
+        the hub hands it over (``None``: one has none). On RabbitMQ 3.12 and
+        newer the consumer gets ``x-consumer-timeout`` above twice that (a
+        message may wait in the prefetch buffer for a slot before it runs).
         """
+        unlimited, longest = time_limit is None, time_limit or 0.0
         version = self._link.server_version
         server_timeout = self.consumer_timeout or RABBITMQ_DEFAULT_CONSUMER_TIMEOUT
         needed = 2 * longest + 60

@@ -389,7 +389,9 @@ class RedisBroker(Broker):
         )
         self._keeper.start(asyncio.get_running_loop())
 
-    async def _consume(self, queue: str, prefetch: int) -> AsyncGenerator[Receipt, None]:
+    async def _consume(
+        self, queue: str, prefetch: int, time_limit: float | None
+    ) -> AsyncGenerator[Receipt, None]:
         q = self._queue(queue)
         self._start_keeper()
         outage = self._outage(f"consumer of {queue}")

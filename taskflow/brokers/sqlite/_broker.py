@@ -428,7 +428,9 @@ class SQLiteBroker(Broker):
         finally:
             self._watcher.unwatch(queue, event)
 
-    async def _consume(self, queue: str, prefetch: int) -> AsyncGenerator[Receipt, None]:
+    async def _consume(
+        self, queue: str, prefetch: int, time_limit: float | None
+    ) -> AsyncGenerator[Receipt, None]:
         batch: list[_SQLiteReceipt] = []
         wait = self.poll_interval
         try:
