@@ -350,7 +350,15 @@ class Broker(Transport):
         return None
 
     async def _drop_stale_connections(self) -> None:
-        """Close what can be closed of connections made on a closed loop, then forget them."""
+        """Close what can be closed of connections made on a closed loop, then forget them.
+
+        Those of a parent process (this one was forked) are only forgotten.
+        """
+        if self._loop_pid != os.getpid():
+            from taskflow import _sync
+
+            _sync.forget_connections(self)
+            return
         try:
             with anyio.fail_after(10):
                 await self.close()
