@@ -171,6 +171,18 @@ def slow_first_sync(ms: int) -> None:
     ledger("done")
 
 
+@broker.actor(queue="work", max_retries=3, min_backoff=0.05, max_backoff=0.2, time_limit=None)
+async def chaos(n: int, retry: bool = False, ms: int = 0) -> None:
+    """Sleep ``ms`` ms with ledger lines; with ``retry``, fail the first attempt (retried)."""
+    ledger("start")
+    if ms:
+        await anyio.sleep(ms / 1000)
+    message = current_message()
+    if retry and message is not None and message.retries == 0:
+        raise RuntimeError("failing the first attempt, as asked")
+    ledger("done")
+
+
 @broker.actor(queue="work", max_retries=0, time_limit=None)
 async def crash_before_ack() -> None:
     """Finish the work, then die before the ack, on the first delivery only."""
@@ -209,6 +221,24 @@ _CLOSE_CONNECTIONS = """Ps = [P || I <- rabbit_networking:connection_info_all([p
   binary:match(N, <<"MARKER">>) =/= nomatch],
 [rabbit_networking:close_connection(P, "taskflow fault test") || P <- Ps],
 length(Ps)."""
+
+
+_UNACKED_BY = """Cs = [P || I <- rabbit_networking:connection_info_all([pid, client_properties]),
+  {pid, P} <- [lists:keyfind(pid, 1, I)],
+  {client_properties, CP} <- [lists:keyfind(client_properties, 1, I)],
+  {_, _, N} <- [lists:keyfind(<<"connection_name">>, 1, CP)],
+  binary:match(N, <<"MARKER">>) =/= nomatch],
+lists:sum([U || Ch <- rabbit_channel:list(),
+  [{connection, C}, {messages_unacknowledged, U}] <-
+    [rabbit_channel:info(Ch, [connection, messages_unacknowledged])],
+  lists:member(C, Cs)])."""
+
+
+def unacked_by(marker: str) -> int:
+    """Deliveries unacked on the connections whose name contains ``marker``."""
+    if '"' in marker or "\\" in marker:
+        raise ValueError("marker must not contain quotes or backslashes")
+    return int(rabbitmqctl("eval", _UNACKED_BY.replace("MARKER", marker)).strip())
 
 
 def rabbitmqctl(*args: str, timeout: float = 60.0) -> str:
