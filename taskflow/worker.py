@@ -26,7 +26,7 @@ import asyncio
 import logging
 import os
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import TYPE_CHECKING, Any, Self
 
 import anyio
@@ -396,8 +396,9 @@ class Worker:
         return False
 
     async def _process(self, delivery: Delivery) -> None:
-        ctx = await self._context(delivery)
-        if ctx is None:
+        ctx = self._context(delivery)
+        if isinstance(ctx, str):
+            await self._refuse(delivery, ctx)
             return
         if not ctx.actor.is_async and not await self._take_thread(delivery):
             return
@@ -425,8 +426,8 @@ class Worker:
                 ctx.dead_letter(f"failed: {describe(exc)}")
         await self._finish(ctx)
 
-    async def _context(self, delivery: Delivery) -> Context | None:
-        """Look the actor up and convert the arguments; refuse the message if either fails."""
+    def _context(self, delivery: Delivery) -> Context | str:
+        """Look the actor up and convert the arguments; the refusal's reason if either fails."""
         message = delivery.message
         actor = self.broker.get_actor(message.actor)
         if actor is None:
@@ -436,8 +437,7 @@ class Worker:
                 message.queue,
                 message.actor,
             )
-            await self._refuse(delivery, f"unknown_actor: {message.actor[:100]}")
-            return None
+            return f"unknown_actor: {message.actor[:100]}"
         try:
             args, kwargs = actor.params.convert(message.args, message.kwargs)
         except InvalidArguments as exc:
@@ -447,16 +447,19 @@ class Worker:
                 actor.name,
                 message.queue,
             )
-            await self._refuse(delivery, f"invalid_arguments: {redact(str(exc))}"[:500])
-            return None
+            return f"invalid_arguments: {redact(str(exc))}"[:500]
         return Context(self, delivery, actor, args, kwargs)
 
-    async def _finish(self, ctx: Context) -> None:
-        """Settle a message that went through the stack, as its context marks it."""
+    def _finish(self, ctx: Context) -> Awaitable[None]:
+        """Settle a message that went through the stack, as its context marks it.
+
+        A plain function returning the settler's coroutine: one coroutine
+        frame less per message.
+        """
         if ctx.outcome is Outcome.PENDING:
             ctx.outcome = Outcome.ACK
             self.processed += 1
-        await self._settle(ctx.delivery, ctx.outcome, ctx.reason, ctx.delay)
+        return self._settle(ctx.delivery, ctx.outcome, ctx.reason, ctx.delay)
 
     async def _call_actor(self, ctx: Context) -> Any:
         actor = ctx.actor
