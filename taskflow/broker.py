@@ -355,8 +355,6 @@ class Broker(Transport):
         Those of a parent process (this one was forked) are only forgotten.
         """
         if self._loop_pid != os.getpid():
-            from taskflow import _sync
-
             _sync.forget_connections(self)
             return
         try:
