@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -123,10 +124,24 @@ async def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> 
 
 
 async def run_two_workers(
-    start_worker: Callable[..., WorkerProcess], broker: Broker, timeout: float = 60
+    start_worker: Callable[..., WorkerProcess],
+    broker: Broker,
+    actor: str,
+    calls: list[tuple[Any, ...]],
+    timeout: float = 60,
 ) -> None:
-    start_worker("--concurrency", "10")
-    start_worker("--concurrency", "10")
+    """Start two workers, wait until both consume, then send ``calls`` and drain the queue.
+
+    Sending only once both consume, so that one process cannot take
+    everything while the other is still starting.
+    """
+    workers = [start_worker("--concurrency", "10"), start_worker("--concurrency", "10")]
+    await wait_for(
+        lambda: all(" consuming " in w.log.read_text(errors="replace") for w in workers),
+        60,
+        "both workers to consume",
+    )
+    await broker.actors[actor].send_many(calls)
     await broker.join(app.QUEUE, timeout=timeout)
 
 
@@ -139,9 +154,8 @@ async def test_two_processes_never_exceed_the_limit(
 ) -> None:
     # Given: 30 messages of 0.1 s, limit 3, two processes of 10 slots each
     broker, _ = producer
-    await broker.actors[actor].send_many([(n, 0.1) for n in range(30)])
     # When
-    await run_two_workers(start_worker, broker)
+    await run_two_workers(start_worker, broker, actor, [(n, 0.1) for n in range(30)])
     # Expect: all ran once, both processes took part, at most 3 at once (and 3 reached)
     rows = ledger(env)
     ends = [r for r in rows if r.event == "end"]
@@ -159,8 +173,7 @@ async def test_window_limit_across_processes_measured_by_timestamps(
     start_worker: Callable[..., WorkerProcess],
 ) -> None:
     broker, _ = producer
-    await broker.actors["windowed"].send_many([(n,) for n in range(15)])
-    await run_two_workers(start_worker, broker)
+    await run_two_workers(start_worker, broker, "windowed", [(n,) for n in range(15)])
     stamps = [r.at for r in ledger(env) if r.event == "start"]
     assert len(stamps) == 15
     # No sliding window of 1 s holds more than 5 runs. A run records its time
@@ -176,8 +189,7 @@ async def test_bucket_limit_across_processes_measured_by_timestamps(
     start_worker: Callable[..., WorkerProcess],
 ) -> None:
     broker, _ = producer
-    await broker.actors["bucketed"].send_many([(n,) for n in range(15)])
-    await run_two_workers(start_worker, broker)
+    await run_two_workers(start_worker, broker, "bucketed", [(n,) for n in range(15)])
     stamps = [r.at for r in ledger(env) if r.event == "start"]
     assert len(stamps) == 15
     per_bucket: dict[int, int] = {}
@@ -198,8 +210,7 @@ async def test_per_tenant_keys_are_independent_across_processes(
 ) -> None:
     broker, _ = producer
     # Tenants 1 and 2, four messages each, a limit of one per tenant.
-    await broker.actors["tenant"].send_many([(t, 0.2) for t in (1, 2) * 4])
-    await run_two_workers(start_worker, broker)
+    await run_two_workers(start_worker, broker, "tenant", [(t, 0.2) for t in (1, 2) * 4])
     rows = ledger(env)
     assert len([r for r in rows if r.event == "end"]) == 8
     for t in (1, 2):
@@ -240,8 +251,7 @@ async def test_barrier_releases_parties_in_two_processes(
 ) -> None:
     broker, backend = producer
     assert await Barrier(backend, app.BARRIER_KEY, ttl=60).create(parties=4)
-    await broker.actors["party"].send_many([(n,) for n in range(4)])
-    await run_two_workers(start_worker, broker)
+    await run_two_workers(start_worker, broker, "party", [(n,) for n in range(4)])
     rows = ledger(env)
     arrivals = [r.at for r in rows if r.event == "arrive"]
     released = [r for r in rows if r.event == "released"]
