@@ -35,7 +35,7 @@ from anyio.abc import TaskStatus
 from taskflow._redact import redact
 from taskflow._threads import STUCK_GRACE, THREAD_LIMITS, ThreadCall, ThreadPool
 from taskflow.errors import BrokerError, InvalidArguments, LeaseLost, WorkerShutdown
-from taskflow.middleware import Context, Outcome, build_stack
+from taskflow.middleware import Context, Middleware, Outcome, build_stack
 from taskflow.middleware._shared import describe
 from taskflow.results import store_refusal
 
@@ -168,6 +168,9 @@ class Worker:
         self._busy = 0
         self._idle: anyio.Event | None = None
         self._stack = build_stack(broker.middleware, self._call_actor)
+        self._settled_hooks = tuple(
+            m for m in broker.middleware if type(m).after_settle is not Middleware.after_settle
+        )
 
     @property
     def stuck_threads(self) -> int:
@@ -502,3 +505,13 @@ class Worker:
             logger.warning("lease_lost: %s", exc)
         except BrokerError as exc:
             logger.warning("could not settle a message (%s); it will be redelivered", exc)
+        else:
+            if self._settled_hooks:
+                await self._after_settle(delivery, outcome, reason)
+
+    async def _after_settle(self, delivery: Delivery, outcome: Outcome, reason: str) -> None:
+        for m in self._settled_hooks:
+            try:
+                await m.after_settle(self, delivery, outcome, reason)
+            except Exception:
+                logger.exception("middleware %s failed after settling", type(m).__name__)

@@ -164,7 +164,8 @@ class Middleware:
 
     Hook failure policy: an exception in ``on_startup`` aborts the worker's
     start; one in ``process`` fails the delivery like an actor error; one in
-    ``on_shutdown`` is logged with the middleware's name and ignored.
+    ``on_shutdown`` or ``after_settle`` is logged with the middleware's name
+    and ignored.
 
     Attributes:
         actor_options: Actor and message options this middleware reads; an
@@ -197,6 +198,19 @@ class Middleware:
     async def process(self, ctx: Context, call_next: CallNext) -> Any:
         """Wrap the processing of one message; call ``call_next(ctx)`` to go on."""
         return await call_next(ctx)
+
+    async def after_settle(
+        self, worker: Worker, delivery: Delivery, outcome: Outcome, reason: str
+    ) -> None:
+        """Run once the worker's settler has carried out ``outcome`` for ``delivery``.
+
+        Called for every message the worker settles, from its one settler:
+        those that went through the stack, and those refused before it
+        (unknown actor, invalid arguments). ``reason`` is the dead-letter
+        reason for :attr:`Outcome.DEAD`, else empty. Not called when the
+        settlement failed (the broker redelivers the message), and only for
+        middleware that override it.
+        """
 
 
 def build_stack(middleware: Sequence[Middleware], innermost: CallNext) -> CallNext:

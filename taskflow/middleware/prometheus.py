@@ -4,7 +4,14 @@ Counted as Dramatiq counts: every attempt is a message processed (and an
 error when it fails), every scheduled retry a retry, every message that
 reaches the dead letters one dead letter (labelled with the reason's kind,
 ``max_retries_exceeded``, ``rejected``, ...). Every metric is labelled by
-``queue`` and ``actor``.
+``queue`` and ``actor``. Attempts, errors and times are counted around the
+rest of the stack (:meth:`Prometheus.process`); retries, dead letters and
+deferrals where the worker's settler carries them out
+(:meth:`Prometheus.after_settle`), so the messages it refuses before the
+stack (unknown actor, invalid arguments) count too. Dead letters the broker
+makes before a worker sees the message (undecodable, too large, past
+``max_deliveries``) are not counted here; ``taskflow_queue_messages``
+shows them in the ``dead`` state.
 
 The labelled children of each (queue, actor) pair are looked up once and
 kept, so processing a message costs a handful of increments, not a label
@@ -34,10 +41,10 @@ except ImportError:  # pragma: no cover - exercised by the CLI's install hint
         "pip install 'taskflow-aio[prometheus]'"
     ) from None
 
-from taskflow.middleware.base import CallNext, Context, Middleware
+from taskflow.middleware.base import CallNext, Context, Middleware, Outcome
 
 if TYPE_CHECKING:
-    from taskflow.broker import Broker
+    from taskflow.broker import Broker, Delivery
     from taskflow.message import Message
     from taskflow.worker import Worker
 
@@ -183,6 +190,7 @@ class _Bound:
         "errors",
         "in_progress",
         "latency",
+        "deferrals",
         "messages",
         "retries",
         "running",
@@ -193,6 +201,7 @@ class _Bound:
         self.messages = metrics.messages.labels(queue, actor)
         self.errors = metrics.errors.labels(queue, actor)
         self.retries = metrics.retries.labels(queue, actor)
+        self.deferrals = metrics.deferrals.labels(queue, actor)
         self.in_progress = metrics.in_progress.labels(queue, actor)
         self.duration = _Tally(metrics.duration.labels(queue, actor), DURATION_BUCKETS)
         self.latency = _Tally(metrics.latency.labels(queue, actor), LATENCY_BUCKETS)
@@ -300,15 +309,23 @@ class Prometheus(Middleware):
         finally:
             bound.duration.add(time.perf_counter() - began)
             bound.running -= 1
-            self._count_outcome(ctx, bound)
         return result
 
-    def _count_outcome(self, ctx: Context, bound: _Bound) -> None:
-        outcome = ctx.outcome
-        if outcome == "retry":
-            bound.retries.inc()
-        elif outcome == "dead":
-            self.dead_letter(ctx.message.queue, ctx.message.actor, ctx.reason)
+    async def after_settle(
+        self, worker: Worker, delivery: Delivery, outcome: Outcome, reason: str
+    ) -> None:
+        """Count retries, dead letters (by the reason's kind) and deferrals, as settled."""
+        if outcome is Outcome.ACK or outcome is Outcome.REQUEUE:
+            return
+        name = delivery.message.actor
+        # An unknown actor's name is whatever the message says: one label for all of them.
+        actor = name if worker.broker.get_actor(name) is not None else "?"
+        if outcome is Outcome.RETRY:
+            self._for(delivery.message.queue, actor).retries.inc()
+        elif outcome is Outcome.DEAD:
+            self.dead_letter(delivery.message.queue, actor, reason)
+        elif outcome is Outcome.DEFER:
+            self._for(delivery.message.queue, actor).deferrals.inc()
 
     def dead_letter(self, queue: str, actor: str, reason: str) -> None:
         """Count one dead letter of ``actor`` on ``queue`` with ``reason``."""

@@ -65,3 +65,50 @@ async def test_exception_in_process_fails_the_delivery() -> None:
     await f.send()
     await run_all(broker)
     assert await only_dead_reason(broker) == "failed: RuntimeError: middleware broke"
+
+
+async def test_after_settle_sees_every_settlement_and_its_failures_are_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from taskflow.broker import Delivery
+    from taskflow.middleware import Outcome
+
+    seen: list[tuple[str, Outcome, str]] = []
+
+    class Watch(Middleware):
+        async def after_settle(
+            self, worker: Worker, delivery: Delivery, outcome: Outcome, reason: str
+        ) -> None:
+            seen.append((delivery.message.actor, outcome, reason.split(":")[0]))
+
+    class Broken(Middleware):
+        async def after_settle(
+            self, worker: Worker, delivery: Delivery, outcome: Outcome, reason: str
+        ) -> None:
+            raise RuntimeError("hook failed")
+
+    broker = MemoryBroker(middleware=[Watch(), Broken(), *default_middleware()])
+
+    @broker.actor(max_retries=1, min_backoff=0.001, max_backoff=0.002)
+    async def fails() -> None:
+        raise ValueError("no")
+
+    @broker.actor
+    async def works() -> None:
+        pass
+
+    await works.send()
+    await fails.send()
+    await broker.enqueue([Message(queue="default", actor="nobody")])
+    await run_all(broker)
+
+    assert sorted(seen) == sorted(
+        [
+            ("works", Outcome.ACK, ""),
+            ("fails", Outcome.RETRY, ""),
+            ("fails", Outcome.DEAD, "max_retries_exceeded"),
+            ("nobody", Outcome.DEAD, "unknown_actor"),
+        ]
+    )
+    failures = [r for r in caplog.records if "Broken failed after settling" in r.getMessage()]
+    assert len(failures) == 4  # logged each time, and the worker went on

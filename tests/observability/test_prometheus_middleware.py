@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import anyio
 import pytest
 from prometheus_client import CollectorRegistry
 
-from taskflow import Reject, Retry, Worker, current_message
+from taskflow import Message, RateLimitExceeded, Reject, Retry, Worker, current_message
 from taskflow.brokers.memory import MemoryBroker
 from taskflow.middleware import Prometheus, default_middleware
 from taskflow.middleware.prometheus import DURATION_BUCKETS
@@ -99,6 +100,47 @@ async def test_in_progress_while_running() -> None:
         release.set()
         await broker.join("default", timeout=10)
     assert in_progress() == 0  # published once more at shutdown
+
+
+async def test_counts_every_settlement_of_the_settler() -> None:
+    registry = CollectorRegistry()
+    broker = stack(registry)
+    attempts = 0
+
+    @broker.actor(queue="q")
+    async def limited() -> None:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            raise RateLimitExceeded("partner-api", retry_after=0.01)
+
+    @broker.actor(queue="q", max_age=0.001)
+    async def stale() -> None:
+        pass
+
+    @broker.actor(queue="q")
+    async def typed(n: int) -> None:
+        pass
+
+    await limited.send()
+    await stale.send_with_options(eta=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=60))
+    await typed.send_with_options(args=("not a number",))
+    await broker.enqueue([Message(queue="q", actor="gone")])  # no such actor here
+    async with Worker(broker, ["q"]):
+        await broker.join("q", timeout=10)
+
+    def dead(actor: str, reason: str) -> float:
+        return value(
+            registry, "taskflow_message_dead_letters_total", queue="q", actor=actor, reason=reason
+        )
+
+    labels = {"queue": "q", "actor": "limited"}
+    assert value(registry, "taskflow_message_deferrals_total", **labels) == 1
+    assert value(registry, "taskflow_message_retries_total", **labels) == 0
+    assert value(registry, "taskflow_messages_total", **labels) == 2
+    assert dead("stale", "max_age_exceeded") == 1
+    assert dead("typed", "invalid_arguments") == 1  # refused before the stack
+    assert dead("?", "unknown_actor") == 1  # one label for every unknown name
 
 
 def test_buckets_cover_a_millisecond_and_ten_minutes() -> None:
