@@ -88,10 +88,9 @@ class Delivery:
         message: The decoded message.
         queue: The queue it came from.
         settled: Whether ``ack``, ``nack``, ``retry``, ``requeue`` or ``defer`` was called.
-        reason: The dead-letter reason given to ``nack``, once called.
     """
 
-    __slots__ = ("_broker", "_receipt", "message", "queue", "reason", "settled")
+    __slots__ = ("_broker", "_receipt", "message", "queue", "settled")
 
     def __init__(self, broker: Broker, queue: str, message: Message[Any], receipt: Receipt) -> None:
         self._broker = broker
@@ -99,7 +98,6 @@ class Delivery:
         self.message = message
         self.queue = queue
         self.settled = False
-        self.reason: str | None = None
 
     @property
     def delivery_count(self) -> int:
@@ -121,7 +119,6 @@ class Delivery:
         """Send the message to dead letters with ``reason``."""
         if not self.settled:
             self.settled = True
-            self.reason = reason
             await self._receipt.dead_letter(reason)
 
     async def retry(self, delay: float = 0.0) -> None:
