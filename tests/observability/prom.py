@@ -44,7 +44,7 @@ def prometheus_binary() -> str:
 class PrometheusServer:
     """One ``prometheus`` process scraping ``targets`` every ``interval`` seconds."""
 
-    def __init__(self, directory: Path, targets: list[str], interval: float = 0.5) -> None:
+    def __init__(self, directory: Path, targets: list[str], interval: float = 1.0) -> None:
         self.directory = directory
         self.port = free_port(19090, 19190)
         config = directory / "prometheus.yml"
