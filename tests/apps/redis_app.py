@@ -27,6 +27,7 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+import taskflow
 from taskflow import Broker, Middleware, Worker, current_message
 from taskflow.brokers.redis import RedisBroker
 from taskflow.middleware import current_delivery, default_middleware
@@ -141,6 +143,17 @@ def build(
         """Kill the worker process outright, as a segfault or the OOM killer would."""
         ledger("start")
         os._exit(137)
+
+    @b.actor(queue=QUEUE, max_retries=3, time_limit=None)
+    async def flaky_once() -> None:
+        """Ask to be retried (in 0.3 s) on the first attempt; complete on the next."""
+        ledger("start")
+        message = current_message()
+        assert message is not None
+        if message.retries == 0:
+            ledger("retry")
+            raise taskflow.Retry(delay=0.3)
+        ledger("done")
 
     @b.actor(queue=QUEUE, max_retries=0)
     async def tally() -> None:
@@ -324,3 +337,50 @@ def make_certificates(directory: Path) -> dict[str, Path]:
     openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
             "-CAcreateserial", "-out", "server.crt", "-days", "1", "-extfile", "san.ext")  # fmt: skip
     return {"ca": d / "ca.crt", "cert": d / "server.crt", "key": d / "server.key"}
+
+
+# -- the chaos run's target (tests/apps/chaos.py) --------------------------------
+
+
+class RedisChaos:
+    """A private redis-server, the worker app's environment and faults for a chaos run."""
+
+    app = "tests.apps.redis_app:broker"
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.server = RedisServer(directory)
+        self.server.start()
+        self.ledger = directory / "ledger"
+        self.ledger.mkdir()
+        # Leases outlive a Redis restart (about a second of outage).
+        options: dict[str, Any] = {"visibility_timeout": 3.0, "reaper_interval": 0.5}
+        self.env = {
+            URL_ENV: self.server.url,
+            NAMESPACE_ENV: "chaos",
+            OPTIONS_ENV: json.dumps(options),
+            LEDGER_ENV: str(self.ledger),
+        }
+        # The producer gives up on a send after a second: an outage refuses sends.
+        self.broker = build(self.server.url, "chaos", {**options, "send_timeout": 1.0})
+        self.server_faults: dict[str, Callable[[], Awaitable[None]]] = {
+            "Redis restarts (SIGKILL)": self.restart
+        }
+
+    async def restart(self) -> None:
+        """SIGKILL the server (AOF, fsync always), keep it down a second, start it again."""
+        await anyio.to_thread.run_sync(self.server.kill)
+        assert not self.server.ping()
+        await anyio.sleep(1.0)
+        await anyio.to_thread.run_sync(self.server.start)
+
+    def rows(self) -> list[Row]:
+        return read_ledger(self.ledger)
+
+    def close(self) -> None:
+        self.server.stop()
+
+
+def chaos_target(directory: Path) -> RedisChaos:
+    """The Redis target of ``tests.apps.chaos``."""
+    return RedisChaos(directory)
