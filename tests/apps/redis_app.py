@@ -138,6 +138,13 @@ def build(
         time.sleep(ms / 1000)  # noqa: ASYNC251 - blocking the loop is the point
         ledger("done")
 
+    _declare_faulty(b)
+    return b
+
+
+def _declare_faulty(b: RedisBroker) -> None:
+    """The actors that crash, retry or tally."""
+
     @b.actor(queue=QUEUE, max_retries=0, time_limit=None)
     async def crash() -> None:
         """Kill the worker process outright, as a segfault or the OOM killer would."""
@@ -165,8 +172,6 @@ def build(
             _tally = (directory / f"{os.getpid()}.ids").open("a", buffering=1)
         assert message is not None
         _tally.write(message.id + "\n")
-
-    return b
 
 
 @cache
