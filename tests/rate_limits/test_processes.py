@@ -200,7 +200,10 @@ async def test_bucket_limit_across_processes_measured_by_timestamps(
             per_bucket[int(at // app.WINDOW)] = per_bucket.get(int(at // app.WINDOW), 0) + 1
     # Each fixed 1 s bucket (by the server's clock, the host's here) holds at most 5.
     assert max(per_bucket.values()) <= app.WINDOW_LIMIT
-    assert stamps[-1] - stamps[0] >= 2 * app.WINDOW - 0.1  # 15 needed 3 buckets
+    # 15 needed 3 buckets. They are fixed to the clock, so the first can begin
+    # just before a boundary: the span covers at least the whole middle one.
+    assert len({int(at // app.WINDOW) for at in stamps}) >= 3
+    assert stamps[-1] - stamps[0] >= app.WINDOW - 0.1
 
 
 async def test_per_tenant_keys_are_independent_across_processes(
