@@ -242,6 +242,8 @@ def main(argv: list[str]) -> int:
     # Signals that come during the check are kept and honoured once the children run.
     signals = StopSignals((signal.SIGTERM, signal.SIGINT))
     status = check_app(config.worker)
+    if status < 0 and signals.first_at is not None:
+        return 0  # stopped while checking (the signal reached the check too): nothing ran
     if status != 0:
         return status if status > 0 else 1  # < 0: the check was killed by a signal
     configure_logging(config.worker.log_level, config.worker.log_format)
