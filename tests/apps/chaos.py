@@ -51,7 +51,10 @@ Row = tuple[str, int, int, str, float]
 _PRODUCERS = 4
 
 #: Broker name -> "module:factory"; a factory takes a directory and returns a ChaosTarget.
-TARGETS = {"redis": "tests.apps.redis_app:chaos_target"}
+TARGETS = {
+    "redis": "tests.apps.redis_app:chaos_target",
+    "sqlite": "tests.apps.sqlite_chaos:chaos_target",
+}
 
 
 class ChaosTarget(Protocol):

@@ -26,6 +26,7 @@ import anyio
 import pytest
 
 from tests.apps import sqlite_app as app
+from tests.apps.chaos import load_target, run_chaos
 from tests.brokers.test_sqlite_faults import Ledger, Run, Store, WorkerProcess, alive, wait_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -194,3 +195,17 @@ def check_ledger(chaos: Chaos, ledger: Ledger) -> None:
         f"\nsent {len(chaos.sent)}, kills {len(chaos.kills)} holding {held} messages, "
         f"re-runs {reruns}, duplicate completions {duplicates}"
     )
+
+
+@pytest.mark.timeout(120)
+async def test_the_shared_chaos_run_on_sqlite(tmp_path: Path) -> None:
+    # The target that benchmarks/chaos.py --broker sqlite runs, shortly
+    target = load_target("sqlite", tmp_path / "target")
+    try:
+        ledger = await run_chaos(target, tmp_path / "run", seconds=12, rate=100, fault_every=3)
+    finally:
+        target.close()
+    print("\n".join(ledger.lines()))
+    assert ledger.child_kills >= 1 and sum(ledger.server_faults.values()) >= 1, ledger.lines()
+    assert ledger.sent >= 600 and ledger.delayed > 0 and ledger.retried > 0
+    assert not ledger.problems(), ledger.lines()
