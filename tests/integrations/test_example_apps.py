@@ -22,6 +22,7 @@ import anyio
 import httpx
 import pytest
 
+from taskflow import broker_from_url
 from tests.integrations.stack import AIOHTTP, FASTAPI, Example, Stack, delete_redis_keys, running
 
 pytestmark = pytest.mark.anyio
@@ -157,6 +158,21 @@ def test_the_readme_runs_what_these_tests_run(example: Example) -> None:
     ]
 
 
+async def send_unfit_summary(backend: Backend) -> str:
+    """Send the FastAPI example's ``summarize`` arguments that do not fit; return the id."""
+    options: dict[str, Any] = {"namespace": backend.namespace} if backend.namespace else {}
+    producer = broker_from_url(backend.url, **options)
+
+    @producer.actor(name="summarize", queue=FASTAPI.queue)
+    async def stand_in(text: dict[str, int]) -> None:
+        pass
+
+    async with producer:
+        message = await stand_in.send({"not": 1})
+    backend.job_ids.add(message.id)
+    return message.id
+
+
 def stopped_cleanly(stack: Stack) -> None:
     server, worker = stack.stop()
     logs = stack.server.output()[-2000:] + stack.worker.output()[-2000:]
@@ -194,8 +210,14 @@ async def test_fastapi_example(backend: Backend, tmp_path: Path) -> None:
                 # Input the app refuses never reaches the broker.
                 assert (await api.http.get("/jobs/not-an-id")).status_code == 422
                 assert (await api.http.post("/jobs", json={"txt": "x"})).status_code == 422
+
+                # A message the worker refuses before it runs shows as failed at once.
+                refused = await send_unfit_summary(backend)
+                body = await api.status(refused, wait=2)
+                assert body["status"] == "failed", body
+                assert body["error"].startswith("InvalidArguments: invalid_arguments: ")
                 await wait_until_idle(api)
-                assert await api.queue() == {"ready": 0, "delayed": 0, "in_flight": 0, "dead": 1}
+                assert await api.queue() == {"ready": 0, "delayed": 0, "in_flight": 0, "dead": 2}
         stopped_cleanly(stack)
 
 
