@@ -29,6 +29,7 @@ from aiormq.exceptions import (
     DeliveryError,
 )
 
+from taskflow._retrying import GaveUp, Outage, retrying
 from taskflow._urls import mask_url
 from taskflow.errors import BrokerError, BrokerUnavailable
 
@@ -50,6 +51,11 @@ FATAL = (
 )
 # aio-pika raises RuntimeError for a connection that is being restored.
 TRANSIENT = (ChannelInvalidStateError, AMQPError, ConnectionError, OSError, RuntimeError)
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether ``exc`` may pass by itself (a channel or connection going away)."""
+    return isinstance(exc, TRANSIENT) and not isinstance(exc, (*FATAL, DeliveryError))
 
 
 def loopback(host: str | None) -> bool:
@@ -107,7 +113,7 @@ class Link:
         self.on_reconnect: list[Callable[[], None]] = []
         self._connection: AbstractRobustConnection | None = None
         self._admin: AbstractRobustChannel | None = None
-        self._outage = False
+        self.outage = Outage(logger, f"connection {name!r}", mask_url(url), server="RabbitMQ")
 
     def describe(self, exc: BaseException) -> str:
         """``exc`` as one short line, without the URL's password."""
@@ -164,7 +170,6 @@ class Link:
         connection.close_callbacks.add(self._on_lost)
         connection.reconnect_callbacks.add(self._on_reconnected)
         self._admin = await connection.channel(publisher_confirms=False)
-        self._outage = False
 
     async def channel(self, *, confirms: bool) -> AbstractRobustChannel:
         """A new robust channel (restored by aio-pika after a reconnection)."""
@@ -186,21 +191,14 @@ class Link:
         return await self.call(run, what)
 
     def _on_lost(self, _sender: Any, exc: BaseException | None = None) -> None:
-        if self._connection is None or self._connection.close_called or self._outage:
+        if self._connection is None or self._connection.close_called:
             return
-        self._outage = True
-        logger.warning(
-            "lost the connection to RabbitMQ at %s (%s); reconnecting",
-            mask_url(self.url),
-            self.describe(exc) if exc is not None else "closed",
-        )
+        self.outage.failed(ConnectionError(self.describe(exc) if exc is not None else "closed"))
 
     def _on_reconnected(self, _sender: Any) -> None:
         for callback in self.on_reconnect:
             callback()
-        if self._outage:
-            self._outage = False
-            logger.warning("reconnected to RabbitMQ at %s", mask_url(self.url))
+        self.outage.recovered()
 
     async def close(self) -> None:
         """Close the connection (bounded by ``timeout``, shielded from cancellation)."""
@@ -231,25 +229,21 @@ class Link:
         channel = channel or self._admin
         if channel is None or self._connection is None:
             raise BrokerUnavailable("the RabbitMQ broker is closed")
-        deadline = anyio.current_time() + self.timeout
-        pause = 0.05
-        while True:
-            try:
-                with anyio.fail_after(max(deadline - anyio.current_time(), 0.001)):
-                    await channel.ready()
-                    raw = await channel.get_underlay_channel()
-                    return await op(raw)
-            except FATAL as exc:
-                raise BrokerError(f"RabbitMQ refused to {what}: {self.describe(exc)}") from None
-            except DeliveryError:
-                raise
-            except TimeoutError:
-                raise BrokerUnavailable(
-                    f"could not {what} within {self.timeout} s: RabbitMQ at "
-                    f"{mask_url(self.url)} is unreachable or blocked"
-                ) from None
-            except TRANSIENT as exc:
-                if anyio.current_time() + pause >= deadline:
-                    raise BrokerUnavailable(f"could not {what}: {self.describe(exc)}") from None
-                await anyio.sleep(pause)
-                pause = min(pause * 2, 1.0)
+        robust = channel
+
+        async def attempt() -> T:
+            await robust.ready()
+            return await op(await robust.get_underlay_channel())
+
+        try:
+            return await retrying(
+                attempt, transient=transient, outage=self.outage, timeout=self.timeout, what=what
+            )
+        except FATAL as exc:
+            raise BrokerError(f"RabbitMQ refused to {what}: {self.describe(exc)}") from None
+        except GaveUp as exc:
+            last = f" ({self.describe(exc.last)})" if exc.last is not None else ""
+            raise BrokerUnavailable(
+                f"could not {what} within {self.timeout} s: RabbitMQ at "
+                f"{mask_url(self.url)} is unreachable or blocked{last}"
+            ) from None

@@ -25,6 +25,7 @@ from aiormq.exceptions import (
     ChannelPreconditionFailed,
 )
 
+from taskflow._retrying import backoff
 from taskflow._transport import Receipt
 from taskflow.brokers.rabbitmq._acks import ChannelAcks
 from taskflow.brokers.rabbitmq._headers import delay_left, new_message_id, prior_deliveries
@@ -180,7 +181,7 @@ class Consumer:
         link's ``timeout`` (the broker's ``send_timeout``).
         """
         deadline = anyio.current_time() + self.plumbing.link.timeout
-        pause = 0.05
+        attempt = 0
         while True:
             try:
                 with anyio.fail_after(max(deadline - anyio.current_time(), 0.001)):
@@ -190,10 +191,11 @@ class Consumer:
                 with anyio.CancelScope(shield=True):
                     await self._close_channel()
                 retry = isinstance(exc, _RETRY) and not isinstance(exc, _FATAL)
+                pause = backoff(attempt)
+                attempt += 1
                 if not retry or anyio.current_time() + pause >= deadline:
                     raise
                 await anyio.sleep(pause)
-                pause = min(pause * 2, 1.0)
 
     async def _open(self) -> None:
         connection = self.plumbing.link.connection
@@ -323,7 +325,7 @@ class Consumer:
                 await self._subscribe()
         except (TimeoutError, *_RETRY) as exc:
             logger.debug("could not consume %s again: %s", self.queue, exc)
-            await anyio.sleep(0.5)
+            await anyio.sleep(backoff(4))
 
     async def _renew(self, old: str) -> None:
         """Replace the consumer whose prefetch window is full of unsettled deliveries."""
@@ -364,8 +366,7 @@ class Consumer:
             )
             await self.ack(message)
         except (*_SETTLE_ERRORS, BrokerError) as exc:
-            self._republish_failures += 1
-            pause = min(0.25 * 2**self._republish_failures, 5.0)
+            pause = backoff(self._republish_failures, base=0.5, cap=5.0)
             logger.warning(
                 "could not republish message %s on %s (%s); handing it back to RabbitMQ in %.1f s",
                 properties.message_id,
@@ -373,6 +374,7 @@ class Consumer:
                 plumbing.link.describe(exc),
                 pause,
             )
+            self._republish_failures += 1
             # Never left unacked until the channel closes (that would hold a
             # prefetch slot, and wedge a consumer with prefetch 1): RabbitMQ
             # gets it back after a pause, and it comes round again.
