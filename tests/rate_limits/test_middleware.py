@@ -304,3 +304,32 @@ async def test_memory_backend_default_for_memory_broker() -> None:
         limiter = ConcurrentRateLimiter(MemoryBackend(), "x", limit=1)
         async with limiter.acquire(), limiter.acquire():
             pass
+
+
+async def test_a_deferred_message_holds_no_worker_slot(
+    broker: Broker, backend: RateLimitBackend, queue: str
+) -> None:
+    # Given: a worker with ONE slot, and a limiter held elsewhere the whole time
+    limiter = ConcurrentRateLimiter(backend, f"busy-{queue}", limit=1, ttl=60)
+    held = await limiter.try_acquire()
+    assert held is not None
+    done = anyio.Event()
+
+    @broker.actor(queue=queue, rate_limit=limiter)
+    async def limited() -> None:
+        pytest.fail("ran while its limiter was full")
+
+    @broker.actor(queue=queue)
+    async def free() -> None:
+        done.set()
+
+    await limited.send()
+    await free.send()
+    # When / Expect: the free message runs although the limited one waits for room
+    async with Worker(broker, [queue], concurrency=1):
+        with anyio.fail_after(10):
+            await done.wait()
+            # The free one is acked; only the limited one is left, waiting for room.
+            while sum((await broker.stats(queue))[:3]) != 1:
+                await anyio.sleep(0.02)
+    await limiter.release(held)
