@@ -2,7 +2,7 @@
 
 Run (from the repository root):
 
-    python benchmarks/chaos.py --broker redis|sqlite --minutes 10 [--rate 100]
+    python benchmarks/chaos.py --broker redis|sqlite|rabbitmq --minutes 10 [--rate 100]
         [--fault-every 4] [--processes 2] [--concurrency 8] [--seed 1]
 
 The same run as the suite's chaos test (``tests/apps/chaos.py``), only
@@ -11,7 +11,9 @@ longer: ``taskflow worker --processes N`` on the broker's own private server
 delayed and retried messages at ``--rate`` per second, and every
 ``--fault-every`` seconds or so a fault: a worker child SIGKILLed, or a
 server fault of the broker (Redis: SIGKILL and restart; SQLite: another
-connection holding the write lock for 2 s). Then it drains,
+connection holding the write lock for 2 s; RabbitMQ, on the server at
+``TASKFLOW_AMQP_URL`` under a prefix of its own: every connection of the
+run closed by the server). Then it drains,
 SIGTERMs the supervisor and prints the ledger: sent, refused, faults,
 completions, duplicates against their bound, lost, early, left behind.
 Exit status 1 if a promise was broken.

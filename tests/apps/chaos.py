@@ -54,6 +54,7 @@ _PRODUCERS = 4
 TARGETS = {
     "redis": "tests.apps.redis_app:chaos_target",
     "sqlite": "tests.apps.sqlite_chaos:chaos_target",
+    "rabbitmq": "tests.apps.rabbitmq_chaos:chaos_target",
 }
 
 
@@ -177,10 +178,13 @@ class _Run:
             try:
                 if roll < 0.15:
                     delay = rng.uniform(0.1, 3.0)
+                    # Due from when the send began: it may publish any time
+                    # before it returns (after riding out an outage, say).
+                    began = time.time()
                     message = await record.send_with_options(
                         args=(rng.randint(0, 20),), delay=delay
                     )
-                    self.etas[message.id] = time.time() + delay
+                    self.etas[message.id] = began + delay
                     self.ledger.delayed += 1
                 elif roll < 0.3:
                     message = await flaky.send()
