@@ -26,15 +26,19 @@ def test_a_changed_py_file_restarts_the_children(worker_cli: StartWorker, tmp_pa
     first = cli.wait_for_pids(2)
     cli.wait_for_log("watching")
 
-    # The watcher may still be settling in: change the file again until it reacts.
+    # The watcher may still be settling in: change the file again until it reacts
+    # (it says so at once; new children may take seconds to start on a busy machine).
+    def reacted() -> bool:
+        return "changed; restarting the children" in cli.output()
+
     def restarted() -> bool:
         return len(cli.pids() - first) >= 2
 
     for edit in range(1, 11):
         module.write_text(f"x = {edit}\n")
-        if holds_within(restarted, 1.0):
+        if holds_within(reacted, 1.0):
             break
-    assert restarted(), f"children were not restarted; log:\n{cli.output()}"
+    assert holds_within(restarted, 20.0), f"children were not restarted; log:\n{cli.output()}"
 
     assert "tasks.py changed; restarting the children" in cli.output()
     assert first <= cli.pids("stopped")  # the old children stopped gracefully
