@@ -188,6 +188,7 @@ class RedisBroker(Broker):
         self._consumer_id = ""
         self._fetches = 0
         self._settles = 0
+        self._forgetting: asyncio.Future[None] | None = None
         self._producer_outage = self._outage("producer")
 
     def __repr__(self) -> str:
@@ -316,7 +317,7 @@ class RedisBroker(Broker):
         try:
             return await retrying(
                 call,
-                transient=is_outage,
+                transient=self._transient,
                 outage=outage or self._producer_outage,
                 timeout=self.send_timeout,
                 what=what,
@@ -330,6 +331,28 @@ class RedisBroker(Broker):
             ) from exc.last
         except redis.RedisError as exc:
             raise BrokerError(f"Redis at {self._where} refused {what}: {exc}") from exc
+
+    def _transient(self, exc: BaseException) -> bool:
+        """``is_outage``, and after a lost connection, drop the idle ones of the pool.
+
+        A server that restarted closed them all; reused one by one, each
+        would fail once more, and a bounded pool hands them out in turn.
+        """
+        if isinstance(exc, redis.ConnectionError | redis.TimeoutError | OSError):
+            self._forget_idle()
+        return is_outage(exc)
+
+    def _forget_idle(self) -> None:
+        client = self._client
+        if client is not None and self._forgetting is None:
+            forget = client.connection_pool.disconnect(inuse_connections=False)
+            self._forgetting = asyncio.ensure_future(forget)
+            self._forgetting.add_done_callback(self._forgot)
+
+    def _forgot(self, task: asyncio.Future[None]) -> None:
+        self._forgetting = None
+        if not task.cancelled():
+            task.exception()  # retrieved: a failure to close a dead socket is no news
 
     async def _script(self, name: str, keys: list[str], args: Sequence[Any]) -> Any:
         return await self._scripts[name](keys=keys, args=args)
@@ -416,7 +439,7 @@ class RedisBroker(Broker):
                     if not receipts:
                         await self._wait(q, wait_ms)
                 except redis.RedisError as exc:
-                    if not is_outage(exc):
+                    if not self._transient(exc):
                         raise BrokerError(
                             f"Redis at {self._where} refused a fetch from {queue}: {exc}"
                         ) from exc
