@@ -31,6 +31,24 @@ dead-letters from concurrent deliveries are coalesced into one script call
 Leases are renewed, and the reaper run, by a thread with its own blocking
 client (``_keeper``), so a blocked event loop or a long sync actor cannot let
 healthy work be re-run.
+
+Clocks: every lease deadline, due time and dead-letter age is Redis's
+``TIME``, read inside the script that uses it, so the clocks of workers and
+producers never matter (a relative delay is added to ``TIME`` at enqueue).
+``TIME`` is the Redis host's wall clock, not a monotonic one: a step forward
+expires leases early (their messages run again, each logged ``lease_lost``,
+at most what was in flight), a step back keeps a dead worker's messages and
+delayed messages waiting longer by the step. Slewing NTP on the Redis host
+moves nothing.
+
+Poison: a delivery counts when it is fetched, and is given back if the
+message never started (the worker calls ``Receipt.start`` right before it
+runs it). A message that was running when its worker died is a suspect
+(``_scripts.reap``): suspects are fetched apart from fresh work, in groups
+that halve with each crash they were part of, alone when their next
+delivery is their last, and their consumer fetches nothing else until the
+group is settled. So a message that kills its worker takes no fresh message
+with it, and only it reaches ``max_deliveries``.
 """
 
 from __future__ import annotations
