@@ -291,7 +291,7 @@ class Prometheus(Middleware):
         return message
 
     async def process(self, ctx: Context, call_next: CallNext) -> Any:
-        """Count the attempt, time it, and count what became of it."""
+        """Count the attempt (and its error, if it raises) and time it."""
         message = ctx.message
         bound = self._bound.get((message.queue, message.actor))
         if bound is None:
