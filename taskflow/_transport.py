@@ -180,3 +180,22 @@ class Transport(ABC):
     async def _known_queues(self) -> list[str]:
         """Queues the server knows of (default: none beyond the declared ones)."""
         return []
+
+    async def _claim_fire(self, schedule: str, fire_at: float, ttl: float) -> bool:
+        """Claim fire time ``fire_at`` (unix time) of ``schedule``; True for the one claimer.
+
+        Atomic on the server: among every process that claims the same
+        schedule and fire time, exactly one gets True. The claim is kept at
+        least ``ttl`` seconds. This default claims within this process only
+        (the memory broker); transports shared by processes override it.
+        """
+        fires: dict[str, float] = self.__dict__.setdefault("_local_fires", {})
+        if fires.get(schedule, float("-inf")) >= fire_at:
+            return False
+        fires[schedule] = fire_at
+        return True
+
+    async def _last_fire(self, schedule: str) -> float | None:
+        """The latest fire time of ``schedule`` claimed so far (unix time), if known."""
+        fires: dict[str, float] = self.__dict__.get("_local_fires", {})
+        return fires.get(schedule)

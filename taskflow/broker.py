@@ -36,6 +36,7 @@ from taskflow.errors import (
 from taskflow.message import Codec, Message
 from taskflow.middleware import Middleware, TimeLimit, default_middleware, with_results
 from taskflow.results import store_refusal
+from taskflow.scheduling import DEFAULT_MISFIRE_GRACE, Schedule
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -205,6 +206,7 @@ class Broker(Transport):
         self.max_deliveries = max_deliveries
         self.dead_letter_ttl = seconds(dead_letter_ttl)
         self.actors: dict[str, Actor[Any, Any]] = {}
+        self.schedules: dict[str, Schedule] = {}
         self.results: ResultBackend | None = self._results_backend(results)
         if middleware is None:
             stack = default_middleware(results=self.results)
@@ -286,6 +288,67 @@ class Broker(Transport):
     def get_actor(self, name: str) -> Actor[Any, Any] | None:
         """Return the actor declared under ``name``, if any."""
         return self.actors.get(name)
+
+    def schedule(
+        self,
+        actor: Actor[Any, Any],
+        *,
+        cron: str,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        name: str | None = None,
+        tz: str | dt.tzinfo = "UTC",
+        misfire_grace: float | dt.timedelta = DEFAULT_MISFIRE_GRACE,
+    ) -> Schedule:
+        """Send ``actor`` with ``args``/``kwargs`` at every fire time of ``cron``.
+
+        Every worker of this broker runs the schedules; each fire time is
+        claimed on the broker, so it is sent once however many workers run.
+
+        Args:
+            actor: An actor of this broker.
+            cron: Five fields, or six with a leading seconds field.
+            args: Positional arguments of each message.
+            kwargs: Keyword arguments of each message.
+            name: The schedule's name; default the actor's name.
+            tz: The time zone of the fire times (IANA name; default UTC).
+            misfire_grace: Seconds after a fire time, missed while no worker
+                ran, within which a worker that comes back still sends it.
+
+        Raises:
+            ValueError: A bad expression or zone, or a schedule of that name exists.
+            TypeError: ``actor`` is not an actor of this broker.
+        """
+        if not isinstance(actor, Actor) or actor.broker is not self:
+            raise TypeError(f"schedule() takes an actor of this broker, not {actor!r}")
+        entry = Schedule(
+            actor, cron, args=args, kwargs=kwargs, name=name, tz=tz, misfire_grace=misfire_grace
+        )
+        if entry.name in self.schedules:
+            raise ValueError(f"a schedule named {entry.name!r} already exists; pass name=")
+        self.schedules[entry.name] = entry
+        return entry
+
+    def cron(
+        self,
+        expr: str,
+        *,
+        tz: str | dt.tzinfo = "UTC",
+        name: str | None = None,
+        misfire_grace: float | dt.timedelta = DEFAULT_MISFIRE_GRACE,
+    ) -> Callable[[Actor[P, R]], Actor[P, R]]:
+        """Schedule an actor without arguments: ``@broker.cron("*/5 * * * *")`` over ``@broker.actor``.
+
+        See :meth:`schedule` for the arguments.
+        """
+
+        def decorate(actor: Actor[P, R]) -> Actor[P, R]:
+            if not isinstance(actor, Actor):
+                raise TypeError("@broker.cron goes above @broker.actor")
+            self.schedule(actor, cron=expr, name=name, tz=tz, misfire_grace=misfire_grace)
+            return actor
+
+        return decorate
 
     @property
     def queues(self) -> list[str]:

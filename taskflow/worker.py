@@ -38,6 +38,7 @@ from taskflow.errors import BrokerError, InvalidArguments, LeaseLost, WorkerShut
 from taskflow.middleware import Context, Middleware, Outcome, build_stack
 from taskflow.middleware._shared import describe
 from taskflow.results import store_refusal
+from taskflow.scheduling import run_schedules
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -221,6 +222,7 @@ class Worker:
             async with anyio.create_task_group() as consumers:
                 for queue in queues:
                     consumers.start_soon(self._consume, queue, handoff)
+                consumers.start_soon(run_schedules, self.broker)
                 task_status.started()
                 await self._stopping.wait()
                 consumers.cancel_scope.cancel()

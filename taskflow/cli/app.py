@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from taskflow.cli.cron import cron
 from taskflow.cli.dlq import dlq
 from taskflow.cli.queues import queues
 from taskflow.cli.send import send
@@ -57,3 +58,4 @@ app.command()(worker)
 app.command()(queues)
 app.command()(send)
 app.add_typer(dlq)
+app.add_typer(cron)

@@ -33,6 +33,9 @@ from taskflow.brokers.rabbitmq._publisher import Publisher
 from taskflow.brokers.rabbitmq._topology import Declarer, QueueType, Topology
 from taskflow.errors import BrokerError, BrokerUnavailable
 
+#: Seconds a schedule's last fire time is kept in the result backend.
+_LAST_TTL = 30 * 24 * 3600.0
+
 if TYPE_CHECKING:
     import ssl
 
@@ -312,6 +315,26 @@ class RabbitMQBroker(Broker):
 
     async def _known_queues(self) -> list[str]:
         return list(self._declarer.ensured)
+
+    # -- schedules ------------------------------------------------------------
+    # RabbitMQ has no key look-up: fire times are claimed in the result
+    # backend (an atomic counter per fire time) when one is configured, and
+    # only within this process otherwise.
+
+    async def _claim_fire(self, schedule: str, fire_at: float, ttl: float) -> bool:
+        if self.results is None:
+            return await super()._claim_fire(schedule, fire_at, ttl)
+        ms = round(fire_at * 1000)
+        if await self.results.incr(f"taskflow-cron:{schedule}:{ms}", ttl) != 1:
+            return False
+        await self.results._put(f"taskflow-cron:{schedule}:last", str(ms).encode(), _LAST_TTL)
+        return True
+
+    async def _last_fire(self, schedule: str) -> float | None:
+        if self.results is None:
+            return await super()._last_fire(schedule)
+        data = await self.results._get(f"taskflow-cron:{schedule}:last", 0)
+        return None if data is None else int(data) / 1000
 
     # -- clean-up -------------------------------------------------------------
 

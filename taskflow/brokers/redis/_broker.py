@@ -116,6 +116,15 @@ _WHY = {
 }
 
 
+#: Claim one fire time (SET NX EX) and, when claimed, raise the schedule's last fire.
+_CLAIM_FIRE = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) then return 0 end
+local last = tonumber(redis.call('GET', KEYS[2]) or '-1')
+if tonumber(ARGV[1]) > last then redis.call('SET', KEYS[2], ARGV[1]) end
+return 1
+"""
+
+
 def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
@@ -587,6 +596,26 @@ class RedisBroker(Broker):
         client = self._client
         names = await self._retrying("known_queues", lambda: client.smembers(self._keys.queues))
         return sorted(_text(n) for n in names)
+
+    # -- schedules ------------------------------------------------------------
+
+    async def _claim_fire(self, schedule: str, fire_at: float, ttl: float) -> bool:
+        assert self._client is not None
+        client, ms = self._client, round(fire_at * 1000)
+        keys = [self._keys.cron(schedule, ms), self._keys.cron_last(schedule)]
+        claimed = await self._retrying(
+            "a schedule claim",
+            lambda: client.eval(_CLAIM_FIRE, 2, *keys, ms, max(_ms(ttl) // 1000, 1)),
+        )
+        return bool(claimed)
+
+    async def _last_fire(self, schedule: str) -> float | None:
+        assert self._client is not None
+        client = self._client
+        last = await self._retrying(
+            "a schedule read", lambda: client.get(self._keys.cron_last(schedule))
+        )
+        return None if last is None else int(last) / 1000
 
     # -- settling -----------------------------------------------------------
 

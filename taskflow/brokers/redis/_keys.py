@@ -35,6 +35,14 @@ class Keys:
         """The key keeping the answer of one settle call (``_scripts.SETTLE``) for a while."""
         return f"{self.prefix}:q:{name}:receipt:{batch}"
 
+    def cron(self, schedule: str, fire_ms: int) -> str:
+        """The claim of one fire time of a schedule (``SET NX`` with a TTL)."""
+        return f"{self.prefix}:cron:{schedule}:{fire_ms}"
+
+    def cron_last(self, schedule: str) -> str:
+        """The latest fire time claimed of a schedule, in ms."""
+        return f"{self.prefix}:cron:{schedule}:last"
+
     def notify(self, name: str) -> str:
         """The key an idle consumer of ``name`` blocks on."""
         return self.queue(name)[QUEUE_KEYS.index("notify")]

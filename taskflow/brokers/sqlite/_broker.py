@@ -500,6 +500,20 @@ class SQLiteBroker(Broker):
         rows = await self._read(lambda conn: conn.execute(sql.QUEUES).fetchall())
         return [r[0] for r in rows]
 
+    async def _claim_fire(self, schedule: str, fire_at: float, ttl: float) -> bool:
+        params = {"schedule": schedule, "fire_at": fire_at, "ttl": ttl}
+
+        def claim(conn: sqlite3.Connection) -> int:
+            conn.execute(sql.EXPIRE_FIRES)
+            return _execute(sql.CLAIM_FIRE, params, conn)
+
+        return await self._write(claim) == 1
+
+    async def _last_fire(self, schedule: str) -> float | None:
+        params = {"schedule": schedule}
+        row = await self._read(lambda conn: conn.execute(sql.LAST_FIRE, params).fetchone())
+        return None if row is None or row[0] is None else float(row[0])
+
 
 def _execute(statement: str, params: dict[str, Any], conn: sqlite3.Connection) -> int:
     return conn.execute(statement, params).rowcount

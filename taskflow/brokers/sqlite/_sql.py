@@ -34,6 +34,12 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
     dead_until REAL,
     reason TEXT
 );
+CREATE TABLE IF NOT EXISTS taskflow_cron (
+    schedule TEXT NOT NULL,
+    fire_at REAL NOT NULL,
+    expires REAL NOT NULL,
+    PRIMARY KEY (schedule, fire_at)
+);
 CREATE INDEX IF NOT EXISTS taskflow_messages_queue ON {TABLE} (queue);
 CREATE INDEX IF NOT EXISTS taskflow_messages_next
     ON {TABLE} (queue, priority DESC, ready_at, seq) WHERE {WAITING};
@@ -162,3 +168,16 @@ def create_schema(conn: sqlite3.Connection) -> None:
     for statement in SCHEMA.split(";"):
         if statement.strip():
             conn.execute(statement)
+
+
+#: Claim one fire time of a schedule: a row inserted, or nothing when it exists.
+CLAIM_FIRE = (
+    "INSERT OR IGNORE INTO taskflow_cron (schedule, fire_at, expires)"
+    f" VALUES (:schedule, :fire_at, {WALL_NOW} + :ttl)"
+)
+#: Forget claims past their time, but each schedule's latest (its last fire).
+EXPIRE_FIRES = (
+    f"DELETE FROM taskflow_cron WHERE expires < {WALL_NOW} AND fire_at < "
+    "(SELECT MAX(c.fire_at) FROM taskflow_cron c WHERE c.schedule = taskflow_cron.schedule)"
+)
+LAST_FIRE = "SELECT MAX(fire_at) FROM taskflow_cron WHERE schedule = :schedule"

@@ -1,0 +1,88 @@
+"""Cron across real worker processes: each fire time sent exactly once.
+
+Three ``taskflow worker`` processes run the same schedule (every 2 s, the
+seconds field); every fire time must be run exactly once, also after one of
+them is killed with SIGKILL while the schedule keeps firing.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.apps.cron_app import EVERY, LEDGER_ENV, create_ledger, runs
+from tests.cli.procs import REPO, wait_until
+
+pytestmark = pytest.mark.slow
+
+APP = "tests.apps.cron_app:broker"
+
+
+def _start(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "taskflow", "worker", APP, "--processes", "1"],
+            cwd=REPO,
+            env={**os.environ, **env},
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _fire_times(ledger: str) -> Counter[int]:
+    """How many runs each fire time had (a fire time: the 2 s boundary it was sent at)."""
+    return Counter(math.floor(enqueued / EVERY) * EVERY for _, enqueued, _ in runs(ledger))
+
+
+def _env(broker: str, tmp_path: Path, redis_url: str | None) -> dict[str, str]:
+    env = {LEDGER_ENV: str(tmp_path / "ledger.db")}
+    if broker == "redis":
+        assert redis_url is not None
+        env["TASKFLOW_TEST_CRON_REDIS"] = redis_url
+        env["TASKFLOW_TEST_CRON_NAMESPACE"] = f"cron-{uuid.uuid4().hex[:8]}"
+    else:
+        env["TASKFLOW_TEST_CRON_SQLITE"] = str(tmp_path / "broker.db")
+    return env
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def cron_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
+    redis_url = request.getfixturevalue("redis_url") if request.param == "redis" else None
+    return _env(request.param, tmp_path, redis_url)
+
+
+def test_three_workers_fire_each_time_once_and_survive_a_kill(
+    cron_env: dict[str, str], tmp_path: Path
+) -> None:
+    ledger = cron_env[LEDGER_ENV]
+    create_ledger(ledger)
+    log = tmp_path / "workers.log"
+    workers = [_start(cron_env, log) for _ in range(3)]
+    try:
+        wait_until(lambda: len(_fire_times(ledger)) >= 3, 30, "three fire times")
+        os.killpg(workers[0].pid, signal.SIGKILL)
+        assert workers[0].wait(10) == -signal.SIGKILL  # the fault happened
+        killed_at = len(_fire_times(ledger))
+        wait_until(lambda: len(_fire_times(ledger)) >= killed_at + 3, 30, "three more fires")
+    finally:
+        for w in workers[1:]:
+            os.killpg(w.pid, signal.SIGTERM)
+        for w in workers:
+            w.wait(30)
+    fires = _fire_times(ledger)
+    assert set(fires.values()) == {1}, (fires, log.read_text()[-3000:])
+    ordered = sorted(fires)
+    # No fire time lost between the first and the last, across the kill.
+    assert ordered == list(range(ordered[0], ordered[-1] + EVERY, EVERY)), ordered
+    # More than one process ran them (the schedule ran in every worker).
+    assert len({pid for _, _, pid in runs(ledger)}) >= 2
