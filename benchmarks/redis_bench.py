@@ -7,6 +7,7 @@ Each scenario runs in a fresh child process (so its peak RSS is its own), in
 a namespace of its own that is deleted afterwards, with one ``Worker``:
 
 * ``send``: ``actor.send()`` awaited one after another;
+* ``send_100``: ``--sends`` sends from 100 concurrent tasks of one process;
 * ``send_many``: ``actor.send_many()`` in batches of 1,000;
 * ``noop``: ``--messages`` messages already enqueued, drained by a no-op async
   actor at concurrency 100, timed from worker start to the last message done;
@@ -34,7 +35,7 @@ import anyio
 from taskflow import Broker, Worker
 from taskflow.brokers.memory import MemoryBroker
 
-SCENARIOS = ("send", "send_many", "noop", "io")
+SCENARIOS = ("send", "send_100", "send_many", "noop", "io")
 
 
 def make_broker(kind: str, url: str, namespace: str) -> Broker:
@@ -78,6 +79,10 @@ async def run(kind: str, scenario: str, url: str, messages: int, sends: int) -> 
                 for i in range(sends):
                     await noop.send(i)
                 return rates(sends, began, cpu)
+            if scenario == "send_100":
+                began, cpu = time.perf_counter(), time.process_time()
+                await send_concurrently(noop, sends, 100)
+                return rates(sends, began, cpu)
             if scenario == "send_many":
                 began, cpu = time.perf_counter(), time.process_time()
                 await fill(noop, messages)
@@ -96,6 +101,16 @@ async def run(kind: str, scenario: str, url: str, messages: int, sends: int) -> 
             await broker.purge("bench")
             if kind == "redis":
                 await cleanup(broker)
+
+
+async def send_concurrently(actor: Any, sends: int, tasks: int) -> None:
+    async def sender(start: int) -> None:
+        for i in range(start, sends, tasks):
+            await actor.send(i)
+
+    async with anyio.create_task_group() as tg:
+        for start in range(tasks):
+            tg.start_soon(sender, start)
 
 
 def rates(count: int, began: float, cpu: float) -> tuple[float, float]:
@@ -158,7 +173,9 @@ def main() -> None:
                 command.append("--uvloop")
             out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             result = json.loads(out.strip().splitlines()[-1])
-            count = args.sends if scenario == "send" else args.messages
+            count = (
+                args.sends if scenario.startswith("send_1") or scenario == "send" else args.messages
+            )
             print(
                 f"{kind:<8} {scenario:<10} {count:>9} {result['rate']:>10,.0f}"
                 f" {result['cpu_us']:>11.1f} {result['peak_rss_mib']:>13.1f}",

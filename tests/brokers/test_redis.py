@@ -230,6 +230,29 @@ async def test_send_many_is_one_round_trip(make: Make, queue: str, writes: list[
         assert [d.message.id for d in got] == [m.id for m in sent]
 
 
+async def test_concurrent_sends_share_one_round_trip(
+    make: Make, queue: str, writes: list[int]
+) -> None:
+    broker = make()
+    echo = declare(broker, queue)
+    async with broker:
+        await echo.send(0)  # connected, scripts loaded
+        writes.clear()
+        sent: list[Any] = []
+
+        async def send(i: int) -> None:
+            sent.append(await echo.send(i))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(100):
+                tg.start_soon(send, i)
+        # One script call for the hundred (two if a loop turn split them).
+        assert 1 <= len(writes) <= 2, len(writes)
+        assert len(sent) == 100 and (await broker.stats(queue)).ready == 101
+        got = await take(broker, queue, 101, prefetch=200)
+        assert {d.message.id for d in got} >= {m.id for m in sent}
+
+
 async def test_fetch_and_acks_come_in_batches(make: Make, queue: str, writes: list[int]) -> None:
     broker = make()
     echo = declare(broker, queue)

@@ -85,6 +85,7 @@ from taskflow.brokers.redis._connection import (
 from taskflow.brokers.redis._keeper import Keeper, LeaseTable
 from taskflow.brokers.redis._keys import Keys
 from taskflow.brokers.redis._results import RedisResults
+from taskflow.brokers.redis._sending import Sender
 from taskflow.brokers.redis._settle import Item, Op, Settler
 from taskflow.errors import BrokerError, BrokerUnavailable, LeaseLost
 from taskflow.results import store_refusal
@@ -216,6 +217,7 @@ class RedisBroker(Broker):
         self._fetches = 0
         self._settles = 0
         self._forgetting: asyncio.Future[None] | None = None
+        self._senders: dict[str, Sender] = {}
         self._producer_outage = self._outage("producer")
 
     def __repr__(self) -> str:
@@ -306,6 +308,7 @@ class RedisBroker(Broker):
         if keeper is not None:
             await anyio.to_thread.run_sync(keeper.stop)
         self._queues.clear()
+        self._senders.clear()
         self._tables.clear()
         for client in (self._client, self._blocking):
             if client is not None:
@@ -387,6 +390,16 @@ class RedisBroker(Broker):
     # -- producing ----------------------------------------------------------
 
     async def _enqueue(self, queue: str, envelopes: Sequence[Envelope]) -> None:
+        if len(envelopes) >= _CHUNK:
+            await self._store(queue, envelopes)
+            return
+        sender = self._senders.get(queue)
+        if sender is None:
+            sender = self._senders[queue] = Sender(functools.partial(self._store, queue))
+        await sender.submit(envelopes)
+
+    async def _store(self, queue: str, envelopes: Sequence[Envelope]) -> None:
+        """Store ``envelopes`` in as few script calls as the chunk size allows, in one round trip."""
         keys = self._keys.queue(queue)
         chunks: list[list[Any]] = [
             [
