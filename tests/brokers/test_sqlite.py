@@ -206,6 +206,46 @@ async def test_a_claim_shares_its_commit_with_the_acks_around_it(broker: SQLiteB
         await r.ack()
 
 
+async def test_sends_wait_for_the_disk_and_settlements_do_not(broker: SQLiteBroker) -> None:
+    # Given a broker that syncs every commit (synchronous=FULL, the default)
+    echo = echo_actor(broker)
+    await echo.send(0)
+    conn = broker._db._connection()
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+
+    def commits() -> list[str]:
+        """The sync level of each transaction, from the pragma set before its BEGIN."""
+        levels, level = [], "FULL"
+        for statement in statements:
+            if statement.startswith("PRAGMA synchronous="):
+                level = statement.split("=")[1]
+            elif statement.startswith("BEGIN"):
+                levels.append(level)
+        statements.clear()
+        return levels
+
+    # Then a send's commit is synced, a claim's and an ack's are not (a power cut
+    # losing them only runs the message again), and FULL is back after each
+    await echo.send(1)
+    assert commits() == ["FULL"]
+    [d] = await take(broker)
+    assert commits() == ["NORMAL"]
+    await d.ack()
+    assert commits() == ["NORMAL"]
+    assert conn.execute("PRAGMA synchronous").fetchone() == (2,)
+    # And a commit holding a send and an ack together is synced (the first ack commits
+    # alone; the send and the second ack arrive while it runs and share the next one)
+    await echo.send(2)
+    first, second = await take(broker, 2, prefetch=2)
+    commits()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(first.ack)
+        tg.start_soon(echo.send, 3)
+        tg.start_soon(second.ack)
+    assert commits() == ["NORMAL", "FULL"]
+
+
 async def test_claim_is_one_statement_for_the_batch(broker: SQLiteBroker, path: Path) -> None:
     echo = echo_actor(broker)
     await echo.send_many([(i,) for i in range(10)])

@@ -13,8 +13,11 @@ Every change of state runs in a ``BEGIN IMMEDIATE`` transaction, so
 concurrent processes cannot interleave; a batch is leased by one ``UPDATE …
 RETURNING`` that sets the owner and expiry and counts the delivery. A busy
 database is waited for (``busy_timeout``), then retried with backoff. Commits
-are synced to disk (``synchronous=FULL``) unless the broker is built with
-``synchronous="NORMAL"``.
+that store a sent message are synced to disk (``synchronous=FULL``) unless
+the broker is built with ``synchronous="NORMAL"``; acks, claims, renewals and
+reaping are committed without waiting for the disk (a power cut undoing the
+last of them only runs those messages again, and the next synced commit
+syncs them too, the write-ahead log being synced as a whole).
 
 Clocks: every time in the table (delays, leases, dead-letter TTLs) is read
 inside the statement from the host clock (``_clock``): the wall clock's time

@@ -131,9 +131,13 @@ class SQLiteBroker(Broker):
         busy_timeout: Seconds SQLite waits for another process's write lock
             before a transaction is retried (up to three times as long in all).
         synchronous: SQLite's ``synchronous`` pragma. ``"FULL"`` (default)
-            syncs every commit to disk, so a sent message survives a power
-            loss; ``"NORMAL"`` is faster and survives any crash of a process,
-            but may lose the last commits when the machine itself goes down.
+            syncs to disk every commit that stores a sent message (or an
+            operator's move), so a message whose ``send`` returned survives a
+            power loss; acks, claims and lease renewals are committed without
+            waiting for the disk, since a power cut undoing the last of them
+            only runs those messages again. ``"NORMAL"`` waits for the disk
+            for nothing: it survives any crash of a process, but may lose the
+            last sends when the machine itself goes down.
         **options: Passed to :class:`taskflow.Broker` (``max_deliveries``,
             ``dead_letter_ttl``, ``results``, ...). ``results=True`` keeps
             results in the same file.
@@ -229,9 +233,17 @@ class SQLiteBroker(Broker):
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return await self._connection().write(fn)
 
-    async def _commit(self, fn: Callable[[sqlite3.Connection], int]) -> int:
-        """Run ``fn`` in the next group commit; return its row count."""
-        return await self._connection().commit(fn)
+    async def _commit(
+        self, fn: Callable[[sqlite3.Connection], int], *, durable: bool = True
+    ) -> int:
+        """Run ``fn`` in the next group commit; return its row count.
+
+        Only what a power cut must not undo is ``durable``: sends and the
+        operator's moves. Losing a settlement, a claim or a renewal to one only
+        means a message runs again, which at-least-once allows, so those
+        commits do not wait for the disk (see ``Database.write``).
+        """
+        return await self._connection().commit(fn, durable=durable)
 
     def _wakeup(self, queue: str) -> anyio.Event:
         """The event that a local send or the watcher sets for ``queue``'s consumers."""
@@ -304,7 +316,7 @@ class SQLiteBroker(Broker):
             if not self._held:
                 self._last_renewal = time.monotonic()
                 return
-            renewed = db.write(renew)
+            renewed = db.write(renew, durable=False)
             now = time.monotonic()
             late = now - self._last_renewal
             self._last_renewal = now
@@ -334,7 +346,7 @@ class SQLiteBroker(Broker):
             expired_leases, expired_dead = db.read(probe)
             if not (expired_leases or expired_dead):
                 return
-            leases, dead = db.write(reap)
+            leases, dead = db.write(reap, durable=False)
             if leases:
                 logger.warning("reclaimed %d messages whose lease expired", leases)
             if dead:
@@ -369,7 +381,7 @@ class SQLiteBroker(Broker):
             return seqs, rows, candidates[0][1] >= SUSPECT_EXPIRIES
 
         # In the group commit: the acks that arrive meanwhile share its sync to disk.
-        order, rows, suspects = await self._connection().commit(claim)
+        order, rows, suspects = await self._connection().commit(claim, durable=False)
         self._held.update(r[0] for r in rows)
         by_seq = {r[0]: r for r in rows}
         quarantine = _Quarantine(len(rows)) if suspects and rows else None
@@ -458,7 +470,9 @@ class SQLiteBroker(Broker):
         """Return claimed messages that were never delivered, undoing their delivery."""
         params = [{"seq": r.seq, "owner": self.owner, "delivered": 0} for r in receipts]
         try:
-            await self._commit(lambda conn: conn.executemany(sql.REQUEUE, params).rowcount)
+            await self._commit(
+                lambda conn: conn.executemany(sql.REQUEUE, params).rowcount, durable=False
+            )
         finally:
             self._held.difference_update(r.seq for r in receipts)
         self._wake(receipts[0].queue)
@@ -542,7 +556,7 @@ class _SQLiteReceipt(Receipt):
         broker = self._broker
         params.update(seq=self.seq, owner=broker.owner)
         try:
-            return await broker._commit(partial(_execute, statement, params))
+            return await broker._commit(partial(_execute, statement, params), durable=False)
         finally:
             broker._held.discard(self.seq)
             if self.quarantine is not None:

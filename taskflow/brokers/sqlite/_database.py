@@ -16,6 +16,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any, TypeVar, cast
 
 import anyio
@@ -95,16 +96,25 @@ class Database:
         """Run ``fn`` outside an explicit transaction (reads see the last commit)."""
         return self._run(fn, write=False)
 
-    def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn`` in a ``BEGIN IMMEDIATE`` transaction and commit it."""
-        return self._run(fn, write=True)
+    def write(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
+        """Run ``fn`` in a ``BEGIN IMMEDIATE`` transaction and commit it.
 
-    def _run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
+        ``durable=False`` commits without waiting for the disk even under
+        ``synchronous=FULL`` (as ``NORMAL`` does), for changes whose loss to a
+        power cut only means a message runs again (acks, claims, lease
+        renewals); the next durable commit on the file syncs them too, since
+        the write-ahead log is synced as a whole.
+        """
+        return self._run(fn, write=True, lightly=not durable and self.synchronous == "FULL")
+
+    def _run(
+        self, fn: Callable[[sqlite3.Connection], T], *, write: bool, lightly: bool = False
+    ) -> T:
         deadline = time.monotonic() + 3 * self.busy_timeout
         with self._lock:
             while True:
                 try:
-                    result = self._attempt(fn, write)
+                    result = self._attempt(fn, write, lightly)
                 except sqlite3.Error as exc:
                     self._raise_unless_busy(exc)
                     if time.monotonic() >= deadline:
@@ -123,18 +133,24 @@ class Database:
         if not _is_busy(exc):
             raise BrokerError(f"SQLite error on {self.path}: {exc}") from exc
 
-    def _attempt(self, fn: Callable[[sqlite3.Connection], T], write: bool) -> T:
+    def _attempt(self, fn: Callable[[sqlite3.Connection], T], write: bool, lightly: bool) -> T:
         conn = self._connection()
         if not write:
             return fn(conn)
-        conn.execute("BEGIN IMMEDIATE")
+        if lightly:
+            conn.execute("PRAGMA synchronous=NORMAL")
         try:
-            result = fn(conn)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        finally:
+            if lightly:
+                conn.execute(f"PRAGMA synchronous={self.synchronous}")
         return result
 
     def close(self) -> None:
@@ -148,10 +164,11 @@ class Database:
 class _Op:
     """An operation waiting for the next group commit."""
 
-    __slots__ = ("error", "fn", "result")
+    __slots__ = ("durable", "error", "fn", "result")
 
-    def __init__(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any], durable: bool) -> None:
         self.fn = fn
+        self.durable = durable
         self.error: BaseException | None = None
         self.result: Any = None
 
@@ -193,13 +210,16 @@ class GroupCommit:
         """Run ``fn`` in a transaction of its own, in the connection's thread."""
         return await anyio.to_thread.run_sync(self.db.write, fn, limiter=self.limiter)
 
-    async def commit(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def commit(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
         """Run ``fn`` in the next group commit and return what it returned.
+
+        A commit waits for the disk (under ``synchronous=FULL``) when any of
+        its operations is ``durable``; see :meth:`Database.write`.
 
         Raises:
             BrokerError: The transaction failed (every operation in it fails alike).
         """
-        op = _Op(fn)
+        op = _Op(fn, durable)
         batch = self._batch
         if batch is None:
             batch = self._batch = _Batch()
@@ -224,8 +244,11 @@ class GroupCommit:
             for op in batch.ops:
                 op.result = op.fn(conn)
 
+        durable = any(op.durable for op in batch.ops)
         try:
-            await self.write(run)
+            await anyio.to_thread.run_sync(
+                partial(self.db.write, run, durable=durable), limiter=self.limiter
+            )
         except BaseException as exc:
             for op in batch.ops:
                 op.error = exc
