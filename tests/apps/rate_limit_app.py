@@ -10,12 +10,16 @@ broker and its limiters from the environment:
   ``<event> <n> <pid> <unix time> <retries> <delivery count>`` to
   ``<dir>/<pid>.log`` (one file per process, outside the system under test).
 
+``python -m tests.apps.rate_limit_app party N`` is one party of the barrier
+``gate`` in a process of its own.
+
 The limiters live on the broker's own server (Redis, or the SQLite file).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -151,13 +155,26 @@ def build() -> tuple[Broker, RateLimitBackend]:
         record("holding", n)
         await anyio.sleep(600)
 
-    @broker.actor(queue=QUEUE, max_retries=0)
-    async def party(n: int) -> None:
-        record("arrive", n)
-        released = await Barrier(backend, BARRIER_KEY, ttl=60).wait(timeout=30)
-        record("released" if released else "timeout", n)
-
     return broker, backend
 
 
 broker, backend = build()
+
+
+async def party_process(n: int) -> None:
+    """A party of the barrier in a process of its own: arrive, wait, record both."""
+    _, own = make_broker()
+    directory = Path(os.environ[LEDGER_ENV])
+
+    def note(event: str) -> None:
+        with (directory / f"party-{n}.log").open("a") as out:
+            out.write(f"{event} {n} {os.getpid()} {time.time():.6f} 0 0\n")
+
+    note("arrive")
+    released = await Barrier(own, BARRIER_KEY, ttl=60).wait(timeout=30)
+    note("released" if released else "timeout")
+    await own.close()
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["party"]:
+    anyio.run(party_process, int(sys.argv[2]))

@@ -135,7 +135,9 @@ async def run_two_workers(
     Sending only once both consume, so that one process cannot take
     everything while the other is still starting.
     """
-    workers = [start_worker("--concurrency", "10"), start_worker("--concurrency", "10")]
+    # Two slots each: four in all, one more than the limit of 3, so the limit
+    # binds, and reaching it takes both processes.
+    workers = [start_worker("--concurrency", "2"), start_worker("--concurrency", "2")]
     await wait_for(
         lambda: all(" consuming " in w.log.read_text(errors="replace") for w in workers),
         60,
@@ -152,7 +154,7 @@ async def test_two_processes_never_exceed_the_limit(
     producer: tuple[Broker, RateLimitBackend],
     start_worker: Callable[..., WorkerProcess],
 ) -> None:
-    # Given: 30 messages of 0.1 s, limit 3, two processes of 10 slots each
+    # Given: 30 messages of 0.1 s, limit 3, two processes of 2 slots each
     broker, _ = producer
     # When
     await run_two_workers(start_worker, broker, actor, [(n, 0.1) for n in range(30)])
@@ -247,16 +249,28 @@ async def test_sigkilled_holder_is_released_after_ttl(
     assert app.FRAGILE_TTL - 1.0 <= waited <= app.FRAGILE_TTL + 1.0
 
 
-async def test_barrier_releases_parties_in_two_processes(
-    env: dict[str, str],
-    producer: tuple[Broker, RateLimitBackend],
-    start_worker: Callable[..., WorkerProcess],
+def start_party(n: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """One party of the app's barrier, in a process of its own."""
+    command = [sys.executable, "-m", "tests.apps.rate_limit_app", "party", str(n)]
+    return subprocess.Popen(command, cwd=REPO, env={**os.environ, **env})
+
+
+async def test_barrier_releases_parties_in_four_processes(
+    env: dict[str, str], producer: tuple[Broker, RateLimitBackend]
 ) -> None:
-    broker, backend = producer
+    _, backend = producer
     assert await Barrier(backend, app.BARRIER_KEY, ttl=60).create(parties=4)
-    await run_two_workers(start_worker, broker, "party", [(n,) for n in range(4)])
+    parties = []
+    for n in range(4):
+        parties.append(start_party(n, env))
+        await anyio.sleep(0.2 * n)  # arrivals spread out: nobody may leave before the last
+    with anyio.fail_after(60):
+        while any(p.poll() is None for p in parties):
+            await anyio.sleep(0.05)
+    assert [p.returncode for p in parties] == [0, 0, 0, 0]
     rows = ledger(env)
     arrivals = [r.at for r in rows if r.event == "arrive"]
     released = [r for r in rows if r.event == "released"]
     assert len(arrivals) == 4 and len(released) == 4
+    assert len({r.pid for r in released}) == 4
     assert min(r.at for r in released) >= max(arrivals)
