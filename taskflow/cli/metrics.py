@@ -15,8 +15,10 @@ every file on ``/metrics``:
 * queue depths are sampled by one child at a time (whichever holds the
   directory's sampler lock), on an interval, never per scrape.
 
-The supervisor imports ``prometheus_client`` only when ``--metrics-port``
-is given, and never imports the application.
+The directory is named after the supervisor's pid; a supervisor removes the
+directories left by supervisors that no longer run (killed with SIGKILL) when
+it starts. The supervisor imports ``prometheus_client`` only when
+``--metrics-port`` is given, and never imports the application.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import logging
 import os
 import shutil
 import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from taskflow.cli.errors import CliError
@@ -37,6 +40,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("taskflow.cli.metrics")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+DIRECTORY_PREFIX = "taskflow-metrics-"
 INSTALL_HINT = "--metrics-port needs prometheus-client: pip install 'taskflow-aio[prometheus]'"
 
 
@@ -73,7 +77,8 @@ class MetricsServer:
         from prometheus_client import CollectorRegistry, start_wsgi_server
         from prometheus_client.multiprocess import MultiProcessCollector
 
-        self.directory = tempfile.mkdtemp(prefix="taskflow-metrics-")
+        remove_stale_directories(tempfile.gettempdir())
+        self.directory = tempfile.mkdtemp(prefix=f"{DIRECTORY_PREFIX}{os.getpid()}-")
         # Children inherit the environment; nothing in this process writes metrics.
         os.environ[MULTIPROC_ENV] = self.directory
         registry = CollectorRegistry()
@@ -109,6 +114,28 @@ class MetricsServer:
             self.directory = None
             with contextlib.suppress(KeyError):
                 del os.environ[MULTIPROC_ENV]
+
+
+def remove_stale_directories(parent: str) -> None:
+    """Delete the metrics directories of supervisors that died without removing theirs.
+
+    A directory is named after its supervisor's pid; one whose pid no longer
+    runs was left by a supervisor killed with SIGKILL.
+    """
+    for path in Path(parent).glob(f"{DIRECTORY_PREFIX}*-*"):
+        pid = path.name[len(DIRECTORY_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def instrument(broker: Broker, queue_stats_interval: float) -> None:

@@ -171,3 +171,21 @@ def test_a_metrics_port_in_use_is_one_line_and_exit_2(redis_url: str, namespace:
     assert done.returncode == 2, done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith(f"Error: cannot serve metrics on 127.0.0.1:{port}: ")
+
+
+def test_directories_of_dead_supervisors_are_removed(tmp_path: Path) -> None:
+    from taskflow.cli.metrics import DIRECTORY_PREFIX, remove_stale_directories
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    stale = tmp_path / f"{DIRECTORY_PREFIX}{gone.pid}-abc"
+    live = tmp_path / f"{DIRECTORY_PREFIX}{os.getpid()}-def"
+    other = tmp_path / "taskflow-metrics-notapid"
+    for path in (stale, live, other):
+        path.mkdir()
+        (path / "counter_1.db").write_bytes(b"")
+
+    remove_stale_directories(str(tmp_path))
+
+    assert not stale.exists()
+    assert live.exists() and other.exists()
