@@ -5,7 +5,10 @@ deliveries from the broker and hands them, one at a time, to a fixed set of
 ``concurrency`` processor tasks through an unbuffered hand-off (:class:`_Handoff`),
 so at most ``concurrency`` messages run at once and a consumer fetches only
 when a processor is free to take its next message. Async actors run on the loop;
-sync actors run in a thread pool of ``threads`` threads.
+sync actors run in a thread pool of ``threads`` threads (:mod:`taskflow._threads`):
+a sync message takes a thread slot before it runs, the consumer of a queue of
+sync actors only fetches when a slot is free, and the time limit of a sync call
+counts from when its thread starts it.
 
 Settling: middleware only mark what should happen to a message, through
 its context (``ctx.retry``, ``ctx.dead_letter``, ``ctx.requeue``,
@@ -15,7 +18,7 @@ refused before they reach the stack (an unknown actor, arguments that do not
 fit) and prefetched ones handed back on shutdown go through it too.
 
 Shutdown (``stop()``): consumers stop fetching and hand back what they
-prefetched; running messages get ``shutdown_timeout`` seconds to finish; then
+prefetched, and sync messages still waiting for a thread go back; running messages get ``shutdown_timeout`` seconds to finish; then
 the rest are cancelled (sync actors get ``WorkerShutdown`` raised in their
 thread) and requeued, neither dead-lettered nor counted as a retry.
 """
