@@ -181,6 +181,24 @@ class Transport(ABC):
         """Queues the server knows of (default: none beyond the declared ones)."""
         return []
 
+    async def _cancel(self, message_id: str, ttl: float) -> None:
+        """Append ``message_id`` to the cancel log, kept at least ``ttl`` seconds.
+
+        This default keeps the log in this process only (the memory broker);
+        transports shared by processes override it.
+        """
+        log: list[str] = self.__dict__.setdefault("_local_cancels", [])
+        log.append(message_id)
+
+    async def _cancellations(self, cursor: str | None) -> tuple[list[str], str | None]:
+        """Ids appended to the cancel log after ``cursor`` (all kept ones for ``None``).
+
+        Returns the ids and the cursor to pass next time.
+        """
+        log: list[str] = self.__dict__.get("_local_cancels", [])
+        start = int(cursor) if cursor else 0
+        return log[start:], str(len(log))
+
     async def _claim_fire(self, schedule: str, fire_at: float, ttl: float) -> bool:
         """Claim fire time ``fire_at`` (unix time) of ``schedule``; True for the one claimer.
 

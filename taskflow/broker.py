@@ -26,6 +26,7 @@ from taskflow import _sync
 from taskflow._time import seconds, utcnow
 from taskflow._transport import DeadRecord, Envelope, QueueStats, Receipt, Transport
 from taskflow.actor import Actor
+from taskflow.cancellation import CANCEL_TTL
 from taskflow.errors import (
     DecodeError,
     JoinTimeout,
@@ -476,6 +477,33 @@ class Broker(Transport):
         await self.connect()
         for queue, envelopes in by_queue.items():
             await self._enqueue(queue, envelopes)
+
+    # -- control --------------------------------------------------------------
+
+    async def cancel(self, message_id: str) -> None:
+        """Cancel a message wherever it is: it never runs, or stops where it runs.
+
+        A ready or delayed message is refused when delivered; a running one
+        is stopped within about a second on whichever worker holds it (async
+        actors: cancelled; sync actors: ``taskflow.Cancelled`` raised in their
+        thread). It is dead-lettered with reason ``cancelled``, not retried,
+        and its result raises ``ResultFailed`` of type ``Cancelled``.
+        """
+        await self.connect()
+        await self._cancel(message_id, CANCEL_TTL)
+
+    def cancel_sync(self, message_id: str) -> None:
+        """:meth:`cancel` for code without an event loop.
+
+        Raises:
+            RuntimeError: Called from a thread whose event loop is running.
+        """
+        _sync.run(
+            self,
+            lambda: self.cancel(message_id),
+            sync_form="broker.cancel_sync()",
+            await_form="await broker.cancel(...)",
+        )
 
     # -- consuming ----------------------------------------------------------
 

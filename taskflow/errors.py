@@ -20,6 +20,7 @@
     ├── TimeLimitExceeded          an actor ran past its time limit
     ├── RateLimitExceeded          a rate limiter is full (the message is deferred, not failed)
     ├── WorkerShutdown             raised in a sync actor's thread when shutdown stops waiting
+    ├── Cancelled                  the message was cancelled (broker.cancel); never retried
     └── signals raised by actors to steer their message:
         ├── Retry                  retry later (optionally after ``delay`` seconds)
         └── Reject                 send the message straight to dead letters
@@ -136,6 +137,16 @@ class ResultFailed(TaskflowError):
 
 class WorkerShutdown(TaskflowError):
     """Raised inside a sync actor's thread when the worker gives up waiting for it."""
+
+
+class Cancelled(TaskflowError):
+    """The message was cancelled with ``broker.cancel`` / ``message.cancel``.
+
+    Raised in a running actor (its task cancelled, or raised inside its
+    thread for a sync actor) and by a cancelled message that has not run.
+    The message goes to dead letters with reason ``cancelled``, is never
+    retried, and its result raises ``ResultFailed`` of type ``Cancelled``.
+    """
 
 
 class Retry(TaskflowError):

@@ -76,6 +76,24 @@ class Message(msgspec.Struct, Generic[R], frozen=True, kw_only=True, dict=True):
         value: R = await broker.get_result(self, timeout=timeout)
         return value
 
+    async def cancel(self) -> None:
+        """Cancel this message (see :meth:`taskflow.Broker.cancel`).
+
+        Raises:
+            RuntimeError: The message is not bound to a broker.
+        """
+        broker: Broker | None = self.__dict__.get("_broker")
+        if broker is None:
+            raise RuntimeError("this message is not bound to a broker")
+        await broker.cancel(self.id)
+
+    def cancel_sync(self) -> None:
+        """:meth:`cancel` for code without an event loop."""
+        broker: Broker | None = self.__dict__.get("_broker")
+        if broker is None:
+            raise RuntimeError("this message is not bound to a broker")
+        broker.cancel_sync(self.id)
+
     def result_sync(self, *, timeout: float | dt.timedelta | None = 10.0) -> R:
         """:meth:`result` for code without an event loop: blocks this thread until it comes.
 

@@ -37,7 +37,8 @@ from anyio.abc import TaskStatus
 
 from taskflow._redact import redact
 from taskflow._threads import STUCK_GRACE, THREAD_LIMITS, ThreadCall, ThreadPool
-from taskflow.errors import BrokerError, InvalidArguments, LeaseLost, WorkerShutdown
+from taskflow.cancellation import CancelWatch
+from taskflow.errors import BrokerError, Cancelled, InvalidArguments, LeaseLost, WorkerShutdown
 from taskflow.middleware import Context, Middleware, Outcome, build_stack
 from taskflow.middleware._shared import describe
 from taskflow.results import store_refusal
@@ -172,6 +173,7 @@ class Worker:
         self._busy = 0
         self._idle: anyio.Event | None = None
         self._stack = build_stack(broker.middleware, self._call_actor)
+        self._cancels = CancelWatch(broker)
         self._settled_hooks = tuple(
             m for m in broker.middleware if type(m).after_settle is not Middleware.after_settle
         )
@@ -219,6 +221,7 @@ class Worker:
     async def _serve(self, queues: list[str], task_status: TaskStatus[None]) -> None:
         assert self._stopping is not None
         handoff = _Handoff()
+        await self._cancels.poll()  # what was cancelled before this worker started
         async with anyio.create_task_group() as processors:
             for _ in range(self.concurrency):
                 processors.start_soon(self._process_loop, handoff)
@@ -226,6 +229,7 @@ class Worker:
                 for queue in queues:
                     consumers.start_soon(self._consume, queue, handoff)
                 consumers.start_soon(run_schedules, self.broker)
+                consumers.start_soon(self._cancels.run)
                 task_status.started()
                 await self._stopping.wait()
                 consumers.cancel_scope.cancel()
@@ -431,7 +435,8 @@ class Worker:
                     message.queue,
                     exc_info=True,
                 )
-                ctx.dead_letter(f"failed: {describe(exc)}")
+                cancelled = isinstance(exc, Cancelled)
+                ctx.dead_letter("cancelled" if cancelled else f"failed: {describe(exc)}")
         await self._finish(ctx)
 
     def _context(self, delivery: Delivery) -> Context | str:
@@ -470,15 +475,17 @@ class Worker:
         return self._settle(ctx.delivery, ctx.outcome, ctx.reason, ctx.delay)
 
     async def _call_actor(self, ctx: Context) -> Any:
-        actor = ctx.actor
+        actor, message_id = ctx.actor, ctx.message.id
+        self._cancels.check(message_id)
         if actor.is_async:
-            return await actor.fn(*ctx.args, **ctx.kwargs)
+            return await self._cancels.run_async(message_id, actor.fn(*ctx.args, **ctx.kwargs))
         assert self._pool is not None
         call = ThreadCall(actor.fn, ctx.args, ctx.kwargs)
         limit, grace = ctx.state.get(THREAD_LIMITS, (None, STUCK_GRACE))
         ctx.interrupt = call.interrupt
+        running = self._pool.run(call, actor.name, limit, grace)
         try:
-            return await self._pool.run(call, actor.name, limit, grace)
+            return await self._cancels.run_thread(message_id, call.interrupt, running)
         finally:
             ctx.interrupt = None
 

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from taskflow.cli.cancel import cancel
 from taskflow.cli.cron import cron
 from taskflow.cli.dlq import dlq
 from taskflow.cli.queues import queues
@@ -57,5 +58,6 @@ def _options(
 app.command()(worker)
 app.command()(queues)
 app.command()(send)
+app.command()(cancel)
 app.add_typer(dlq)
 app.add_typer(cron)

@@ -8,7 +8,7 @@ from typing import Any
 
 from taskflow._redact import redact
 from taskflow._time import seconds
-from taskflow.errors import RateLimitExceeded, Reject, Retry
+from taskflow.errors import Cancelled, RateLimitExceeded, Reject, Retry
 from taskflow.middleware._shared import backoff, describe
 from taskflow.middleware.base import CallNext, Context, Middleware
 
@@ -61,6 +61,10 @@ class Retries(Middleware):
             return await call_next(ctx)
         except RateLimitExceeded:
             raise  # a deferral, not a failure: the rate-limit layer puts it back
+        except Cancelled as exc:
+            ctx.error = exc
+            ctx.dead_letter("cancelled")  # asked for: never retried, no error logged
+            raise
         except Exception as exc:
             ctx.error = exc
             self._decide(ctx, exc)

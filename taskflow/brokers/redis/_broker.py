@@ -610,6 +610,27 @@ class RedisBroker(Broker):
         names = await self._retrying("known_queues", lambda: client.smembers(self._keys.queues))
         return sorted(_text(n) for n in names)
 
+    # -- cancellation ---------------------------------------------------------
+
+    async def _cancel(self, message_id: str, ttl: float) -> None:
+        assert self._client is not None
+        client = self._client
+        await self._retrying(
+            "a cancellation",
+            lambda: client.xadd(self._keys.cancels, {"id": message_id}, maxlen=100_000),
+        )
+
+    async def _cancellations(self, cursor: str | None) -> tuple[list[str], str | None]:
+        assert self._client is not None
+        client, low = self._client, "-" if cursor is None else f"({cursor}"
+        entries = await self._retrying(
+            "reading cancellations", lambda: client.xrange(self._keys.cancels, low, "+")
+        )
+        if not entries:
+            return [], cursor
+        ids = [_text((fields or {}).get(b"id") or b"") for _, fields in entries]
+        return ids, _text(entries[-1][0] or b"")
+
     # -- schedules ------------------------------------------------------------
 
     async def _claim_fire(self, schedule: str, fire_at: float, ttl: float) -> bool:

@@ -35,6 +35,11 @@ class Keys:
         """The key keeping the answer of one settle call (``_scripts.SETTLE``) for a while."""
         return f"{self.prefix}:q:{name}:receipt:{batch}"
 
+    @property
+    def cancels(self) -> str:
+        """The cancel log: a stream of cancelled message ids."""
+        return f"{self.prefix}:cancels"
+
     def cron(self, schedule: str, fire_ms: int) -> str:
         """The claim of one fire time of a schedule (``SET NX`` with a TTL)."""
         return f"{self.prefix}:cron:{schedule}:{fire_ms}"

@@ -514,6 +514,22 @@ class SQLiteBroker(Broker):
         rows = await self._read(lambda conn: conn.execute(sql.QUEUES).fetchall())
         return [r[0] for r in rows]
 
+    async def _cancel(self, message_id: str, ttl: float) -> None:
+        params = {"id": message_id, "ttl": ttl}
+
+        def cancel(conn: sqlite3.Connection) -> int:
+            conn.execute(sql.EXPIRE_CANCELS)
+            return _execute(sql.CANCEL, params, conn)
+
+        await self._write(cancel)
+
+    async def _cancellations(self, cursor: str | None) -> tuple[list[str], str | None]:
+        params = {"after": int(cursor) if cursor else 0}
+        rows = await self._read(lambda conn: conn.execute(sql.CANCELLATIONS, params).fetchall())
+        if not rows:
+            return [], cursor
+        return [r[1] for r in rows], str(rows[-1][0])
+
     async def _claim_fire(self, schedule: str, fire_at: float, ttl: float) -> bool:
         params = {"schedule": schedule, "fire_at": fire_at, "ttl": ttl}
 

@@ -40,6 +40,11 @@ CREATE TABLE IF NOT EXISTS taskflow_cron (
     expires REAL NOT NULL,
     PRIMARY KEY (schedule, fire_at)
 );
+CREATE TABLE IF NOT EXISTS taskflow_cancels (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL,
+    expires REAL NOT NULL
+);
 CREATE INDEX IF NOT EXISTS taskflow_messages_queue ON {TABLE} (queue);
 CREATE INDEX IF NOT EXISTS taskflow_messages_next
     ON {TABLE} (queue, priority DESC, ready_at, seq) WHERE {WAITING};
@@ -181,3 +186,8 @@ EXPIRE_FIRES = (
     "(SELECT MAX(c.fire_at) FROM taskflow_cron c WHERE c.schedule = taskflow_cron.schedule)"
 )
 LAST_FIRE = "SELECT MAX(fire_at) FROM taskflow_cron WHERE schedule = :schedule"
+
+#: Append one id to the cancel log, and forget expired entries.
+CANCEL = f"INSERT INTO taskflow_cancels (id, expires) VALUES (:id, {WALL_NOW} + :ttl)"
+EXPIRE_CANCELS = f"DELETE FROM taskflow_cancels WHERE expires < {WALL_NOW}"
+CANCELLATIONS = "SELECT seq, id FROM taskflow_cancels WHERE seq > :after ORDER BY seq LIMIT 10000"
