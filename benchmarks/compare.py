@@ -15,7 +15,19 @@ process each, the way a user would run them; every setting is listed in
 
 Each scenario runs ``--runs`` times (libraries interleaved in every round)
 and the table shows the median of the runs, with each figure's ratio to the
-best of the same broker in the same table. On a 2-core machine the default
+best of the same broker in the same table.
+
+Every job body ends with the same Redis ``INCR`` (``peers/_common.py``). Each
+round also runs those bodies with no library at all (``peers/ceiling_peer.py``:
+long-lived coroutines on one event loop), the body-only ceiling, and a second
+table gives every library's processing rates as a fraction of the ceiling of
+the same round. After every processing run the driver stops the worker and
+checks the count: the ``INCR`` counter and the number of distinct job ids the
+worker saw must both be exactly the number of jobs sent, or the run fails
+(exit status 1) naming the duplicates or losses. Redis commands per
+one-by-one send are counted with ``MONITOR`` on a private ``redis-server``
+(top-level commands, not those a script runs), as the difference between 50
+and 250 sends, so connection set-up is left out. On a 2-core machine the default
 run takes 25-28 minutes (the slower peers need up to a minute per
 20,000-job scenario), ``--runs 1`` about 9 and ``--quick`` 5-7.
 """
@@ -29,15 +41,19 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -160,9 +176,13 @@ LIBRARIES = {
     )
 }
 
-SCENARIOS = ("single", "bulk", "noop", "noop_cpu", "io", "io_cpu", "p50", "p99", "rss")
+CEILING = "body only (ceiling)"
+SCENARIOS = (
+    "single", "cmds", "bulk", "noop", "noop_cpu", "io", "io_cpu", "p50", "p99", "rss", "rss_tree",
+)  # fmt: skip
 HEADERS = {
     "single": "enqueue 1-by-1 /s",
+    "cmds": "Redis commands per send",
     "bulk": "enqueue bulk /s",
     "noop": "no-op /s",
     "noop_cpu": "no-op CPU µs/job",
@@ -171,6 +191,7 @@ HEADERS = {
     "p50": "latency p50 ms",
     "p99": "latency p99 ms",
     "rss": "peak worker RSS MiB",
+    "rss_tree": "peak tree RSS MiB",
 }
 HIGHER_IS_BETTER = {"single", "bulk", "noop", "io"}
 
@@ -281,14 +302,14 @@ class Session:
         self.prefix = ""
         self.log = self.tmp / "worker.log"
 
-    def env(self, **extra: str) -> dict[str, str]:
+    def env(self, redis_url: str | None = None, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "BENCH_"))}
         env.update(
             PYTHONPATH=str(PEERS),
             PYTHONDONTWRITEBYTECODE="1",
             BENCH_BROKER=self.broker,
             BENCH_PREFIX=self.prefix,
-            BENCH_REDIS_URL=self.args.redis_url,
+            BENCH_REDIS_URL=redis_url or self.args.redis_url,
             BENCH_AMQP_URL=self.args.amqp_url,
             **self.lib.env,
             **extra,
@@ -299,12 +320,14 @@ class Session:
     def new_prefix(self) -> None:
         self.prefix = f"bp-{self.lib.name}-{uuid.uuid4().hex[:8]}"
 
-    def produce(self, *command: str, out: Path | None = None) -> dict[str, Any]:
+    def produce(
+        self, *command: str, out: Path | None = None, redis_url: str | None = None
+    ) -> dict[str, Any]:
         extra = {"BENCH_OUT": str(out)} if out else {}
         result = subprocess.run(
             [str(self.bin / "python"), str(PEERS / f"{self.lib.name}_peer.py"), *command],
             cwd=PEERS,
-            env=self.env(**extra),
+            env=self.env(redis_url, **extra),
             capture_output=True,
             text=True,
             timeout=self.sizes.timeout * 2,
@@ -320,7 +343,7 @@ class Session:
         share = -(-jobs // producers)
         procs = [
             subprocess.Popen(
-                [*argv, str(min(share, jobs - i * share)), kind],
+                [*argv, str(min(share, jobs - i * share)), kind, str(i * share)],
                 cwd=PEERS,
                 env=self.env(),
                 stdout=subprocess.DEVNULL,
@@ -339,8 +362,7 @@ class Session:
                 self.produce("cleanup")
             except (PhaseFailed, subprocess.TimeoutExpired) as exc:
                 print(f"warning: cleanup of {self.prefix} failed: {exc}", file=sys.stderr)
-        else:
-            flush(self.args)
+        flush(self.args)  # the INCR counters live on Redis for every broker
 
     def work(self, scenario: str, expect: int, producer: tuple[str, ...] = ()) -> dict[str, Any]:
         """Start the worker for ``scenario``, wait for ``expect`` jobs, stop it."""
@@ -371,9 +393,25 @@ class Session:
             rss, tree = peak_rss_mib(worker.pid)
             result: dict[str, Any] = json.loads(out.read_text())
             result.update(rss=rss, tree=tree, **sent)
-            return result
         finally:
             stop(worker)
+        self.check_count(scenario, expect, result)
+        return result
+
+    def check_count(self, scenario: str, expect: int, result: dict[str, Any]) -> None:
+        """Fail the run unless every job ran exactly once (the INCR counter, read after the stop, and the ledger)."""
+        counter = int(_redis_cli(self.args, "GET", f"{self.prefix}:done") or 0)
+        problems = []
+        if counter != expect:
+            problems.append(f"the INCR counter is {counter}")
+        if result.get("duplicates"):
+            problems.append(f"{result['duplicates']} duplicate job ids")
+        if result.get("distinct", expect) != expect:
+            problems.append(f"{result['distinct']} distinct job ids")
+        if problems:
+            raise CountFailed(
+                f"{scenario}: count check failed, {expect} jobs sent but " + ", ".join(problems)
+            )
 
     def tail(self) -> str:
         try:
@@ -388,6 +426,8 @@ class Session:
             self.new_prefix()
             figures["single"] = self.produce("single", str(s.singles))["rate"]
             self.cleanup()
+            if self.broker == "redis" and self.args.private_redis:
+                figures["cmds"], figures["cmd_names"] = self.commands_per_send()
             rss = []
             for kind in ("noop", "io"):
                 self.new_prefix()
@@ -416,6 +456,7 @@ class Session:
             figures["rss_tree"] = max(t for _, t in rss)
         except (PhaseFailed, subprocess.TimeoutExpired) as exc:
             figures["error"] = str(exc)
+            figures["count_failed"] = isinstance(exc, CountFailed)
             print(f"error: {self.lib.name}/{self.broker}: {exc}", file=sys.stderr, flush=True)
             self.cleanup()
         except KeyboardInterrupt:
@@ -423,9 +464,119 @@ class Session:
             raise
         return figures
 
+    def commands_per_send(self) -> tuple[float, dict[str, float]]:
+        """Top-level Redis commands per one-by-one send: (250 sends - 50 sends) / 200, on a private server."""
+        private: PrivateRedis = self.args.private_redis
+        seen = []
+        for n in (50, 250):
+            self.new_prefix()
+            with private.monitor() as commands:
+                self.produce("single", str(n), redis_url=private.url)
+            seen.append(commands)
+            private.flush()
+        per = {k: (v - seen[0][k]) / 200 for k, v in seen[1].items() if v > seen[0][k]}
+        return sum(per.values()), per
+
+    def run_ceiling(self) -> dict[str, Any]:
+        """The body-only ceiling: the noop and io bodies, no library (``peers/ceiling_peer.py``)."""
+        figures: dict[str, Any] = {}
+        try:
+            for kind in ("noop", "io"):
+                self.new_prefix()
+                done = self.work(kind, self.sizes.jobs)
+                figures[kind] = done["count"] / (done["last"] - done["first"])
+                figures[f"{kind}_cpu"] = 1e6 * done["cpu"] / done["count"]
+                figures["rss"] = max(figures.get("rss", 0.0), done["rss"])
+                figures["rss_tree"] = max(figures.get("rss_tree", 0.0), done["tree"])
+                self.cleanup()
+        except (PhaseFailed, subprocess.TimeoutExpired) as exc:
+            figures["error"] = str(exc)
+            figures["count_failed"] = isinstance(exc, CountFailed)
+            print(f"error: {CEILING}: {exc}", file=sys.stderr, flush=True)
+            self.cleanup()
+        return figures
+
 
 class PhaseFailed(Exception):
     pass
+
+
+class CountFailed(PhaseFailed):
+    """A processing run where a job ran twice or never."""
+
+
+class PrivateRedis:
+    """A ``redis-server`` of the benchmark's own (no persistence), for counting commands."""
+
+    def __init__(self) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.dir = tempfile.mkdtemp(prefix="bench-redis-")
+        self.proc = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.dir,
+            ],  # fmt: skip
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while self.cli("PING") != "PONG":
+            if time.monotonic() > deadline:
+                raise SystemExit("the private redis-server did not start")
+            time.sleep(0.05)
+
+    def cli(self, *command: str) -> str:
+        argv = ["redis-cli", "-h", "127.0.0.1", "-p", str(self.port), *command]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        return done.stdout.strip()
+
+    def flush(self) -> None:
+        self.cli("FLUSHALL")
+
+    @contextmanager
+    def monitor(self) -> Iterator[Counter[str]]:
+        """Count the top-level commands (not those run by scripts) sent while the block runs."""
+        commands: Counter[str] = Counter()
+        with tempfile.TemporaryFile() as f:
+            argv = ["redis-cli", "-h", "127.0.0.1", "-p", str(self.port), "monitor"]
+            proc = subprocess.Popen(argv, stdout=f)
+            try:
+                self._wait_for_output(f)
+                yield commands
+                time.sleep(0.3)
+            finally:
+                proc.terminate()
+                proc.wait(10)
+            f.seek(0)
+            for line in f.read().decode(errors="replace").splitlines():
+                m = _MONITOR_LINE.match(line)
+                if m and m.group(1) != "lua":
+                    commands[m.group(2).upper()] += 1
+
+    def _wait_for_output(self, f: Any) -> None:
+        deadline = time.monotonic() + 10
+        while os.fstat(f.fileno()).st_size == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+_MONITOR_LINE = re.compile(r'^\d+\.\d+ \[\d+ ([^\]]+)\] "([^"]+)"')
 
 
 def stop(worker: subprocess.Popen[bytes]) -> None:
@@ -504,21 +655,53 @@ def summarize(
     for key in dict.fromkeys(keys):
         samples = [r[key] for r in rounds if key in r]
         row: dict[str, Any] = {"runs": len([s for s in samples if "error" not in s])}
-        for scenario in (*SCENARIOS, "rss_tree"):
+        for scenario in SCENARIOS:
             values: list[float] = []
             for s in samples:
                 v = s.get(scenario)
                 values.extend(v if isinstance(v, list) else [] if v is None else [v])
             row[scenario] = median(values)
         row["errors"] = [s["error"] for s in samples if "error" in s]
+        row["cmd_names"] = _median_names([s.get("cmd_names") or {} for s in samples])
         rows[key] = row
     return rows
+
+
+def _median_names(samples: list[dict[str, float]]) -> dict[str, float]:
+    names = {n for s in samples for n in s}
+    return {n: statistics.median(s.get(n, 0.0) for s in samples if s) for n in sorted(names)}
+
+
+def fractions(rounds: Rounds) -> list[tuple[str, str, float | None, float | None]]:
+    """Each library's no-op and I/O rates over the body-only ceiling of the same round (medians)."""
+    out = []
+    keys = [k for r in rounds for k in r if k[0] != CEILING]
+    for key in dict.fromkeys(keys):
+        ratios: dict[str, list[float]] = {"noop": [], "io": []}
+        for r in rounds:
+            ceiling, row = r.get((CEILING, "none"), {}), r.get(key, {})
+            for kind, values in ratios.items():
+                if ceiling.get(kind) and row.get(kind):
+                    values.append(row[kind] / ceiling[kind])
+        out.append((key[0], key[1], median(ratios["noop"]), median(ratios["io"])))
+    return out
+
+
+def fraction_table(rounds: Rounds) -> str:
+    lines = [
+        "| library | broker | no-op / ceiling | I/O 50 ms / ceiling |",
+        "|---|---|---:|---:|",
+    ]
+    for name, broker, noop, io in fractions(rounds):
+        cells = ["—" if v is None else f"{v:.2f}" for v in (noop, io)]
+        lines.append(f"| {name} | {broker} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
 
 
 def fmt(value: float | None, scenario: str) -> str:
     if value is None:
         return "—"
-    if scenario in ("p50", "p99"):
+    if scenario in ("p50", "p99", "cmds"):
         return f"{value:,.1f}"
     if scenario in ("rss", "rss_tree"):
         return f"{value:,.0f}"
@@ -604,10 +787,31 @@ def install(args: argparse.Namespace, notes: list[str]) -> list[tuple[Library, P
 Rounds = list[dict[tuple[str, str], dict[str, Any]]]
 
 
+def _ceiling_argv(bin: Path, scenario: str) -> list[str]:
+    return [str(bin / "python"), str(PEERS / "ceiling_peer.py"), scenario]
+
+
+CEILING_LIB = Library("ceiling", (), ("none",), _ceiling_argv, ())
+
+
+def ceiling_bin(selected: list[tuple[Library, Path]]) -> Path:
+    """taskflow's virtualenv (it has uvloop, as the taskflow worker does), else this Python's."""
+    return next(
+        (bin for lib, bin in selected if lib.name == "taskflow"), Path(sys.executable).parent
+    )
+
+
 def measure(args: argparse.Namespace, selected: list[tuple[Library, Path]]) -> Rounds:
     rounds: Rounds = []
     for n in range(args.runs):
         results: dict[tuple[str, str], dict[str, Any]] = {}
+        began = time.monotonic()
+        results[(CEILING, "none")] = Session(
+            CEILING_LIB, ceiling_bin(selected), "none", args
+        ).run_ceiling()
+        short = {k: round(v) for k, v in results[(CEILING, "none")].items() if isinstance(v, float)}
+        print(f"# round {n + 1}/{args.runs} {CEILING} ({time.monotonic() - began:.0f} s): {short}",
+              file=sys.stderr, flush=True)  # fmt: skip
         for lib, bin in selected:
             for broker in args.brokers.split(","):
                 if broker not in lib.brokers:
@@ -629,11 +833,9 @@ def measure(args: argparse.Namespace, selected: list[tuple[Library, Path]]) -> R
 def footnotes(rows: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
     notes = []
     for (name, broker), row in rows.items():
-        if row["rss_tree"] is not None and row["rss_tree"] > (row["rss"] or 0) * 1.05:
-            notes.append(
-                f"{name}/{broker}: with its supervisor process, the worker's process tree "
-                f"peaks at {row['rss_tree']:.0f} MiB"
-            )
+        if row["cmd_names"]:
+            names = ", ".join(f"{k} {v:.2f}" for k, v in row["cmd_names"].items())
+            notes.append(f"{name}/{broker}: Redis commands per one-by-one send: {names}")
         notes.extend(f"{name}/{broker} failed a run: {e.splitlines()[0]}" for e in row["errors"])
     return notes
 
@@ -663,11 +865,17 @@ def main() -> None:
     ceiling = redis_ceiling(args)
     print("# redis-benchmark ceiling: " + ", ".join(f"{k} {v}/s" for k, v in ceiling.items()))
 
-    rounds = measure(args, selected)
+    args.private_redis = PrivateRedis()
+    try:
+        rounds = measure(args, selected)
+    finally:
+        args.private_redis.close()
     rows = summarize(rounds)
     s = args.sizes
     print()
     print(table(rows))
+    print()
+    print(fraction_table(rounds))
     print()
     print(
         f"Medians of {args.runs} run(s), {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, "
@@ -685,6 +893,9 @@ def main() -> None:
         samples = [{f"{k[0]}/{k[1]}": v for k, v in r.items()} for r in rounds]
         report = {"rounds": samples, "ceiling": ceiling, "versions": found, "machine": machine()}
         args.json.write_text(json.dumps(report, indent=1))
+    failed = [f"{k[0]}/{k[1]}" for r in rounds for k, v in r.items() if v.get("count_failed")]
+    if failed:
+        raise SystemExit(f"count check failed (a duplicate or a loss): {', '.join(failed)}")
 
 
 if __name__ == "__main__":

@@ -19,13 +19,16 @@ and nothing beyond its own work.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import os
+import socket
 import sys
 import threading
 import time
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 AMQP_URL = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -34,6 +37,7 @@ PREFIX = os.environ.get("BENCH_PREFIX", "bench-peers")
 QUEUE = PREFIX + "-q"
 IO_SECONDS = 0.05
 WARMUP = -1.0  # the ``sent_at`` of latency warm-up messages, which are not counted
+COUNTER = PREFIX + ":done"  # the key every job body INCRs
 
 
 class Tally:
@@ -46,6 +50,8 @@ class Tally:
         self.first = 0.0
         self.first_cpu = 0.0
         self.delays: list[float] = []
+        self.seen: set[float] = set()
+        self.duplicates = 0
         self.lock = threading.Lock()
 
     def started(self, sent_at: float | None = None) -> bool:
@@ -63,9 +69,13 @@ class Tally:
             self.first_cpu = time.process_time()
         return True
 
-    def finished(self) -> None:
-        """Note a job's end; the last expected one writes the result file."""
+    def finished(self, job: float | None = None) -> None:
+        """Note a job's end (``job``: its id, for the ledger); the last expected one writes the result file."""
         with self.lock:
+            if job is not None:
+                if job in self.seen:
+                    self.duplicates += 1
+                self.seen.add(job)
             self.count += 1
             if self.count != self.expect or not self.out:
                 return
@@ -76,6 +86,8 @@ class Tally:
             "last": last,
             "cpu": cpu,
             "count": self.count,
+            "distinct": len(self.seen),
+            "duplicates": self.duplicates,
             "delays": self.delays,
         }
         tmp = self.out + ".tmp"
@@ -107,9 +119,116 @@ def started(sent_at: float | None = None) -> bool:
     return TALLY.started(sent_at)
 
 
-def finished() -> None:
+def finished(job: float | None = None) -> None:
     """Shortcut for ``TALLY.finished``."""
-    TALLY.finished()
+    TALLY.finished(job)
+
+
+def _incr_command() -> bytes:
+    key = COUNTER.encode()
+    return b"*2\r\n$4\r\nINCR\r\n$%d\r\n%s\r\n" % (len(key), key)
+
+
+def _select_command() -> bytes:
+    db = (urlsplit(REDIS_URL).path or "/0").strip("/") or "0"
+    return b"*2\r\n$6\r\nSELECT\r\n$%d\r\n%s\r\n" % (len(db), db.encode())
+
+
+INCR = _incr_command()
+
+
+class _AsyncCounter:
+    """One connection per event loop; INCRs are pipelined on it and their replies read in order."""
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.opening: asyncio.Future[asyncio.StreamWriter] | None = None
+        self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self.reader_task: asyncio.Task[None] | None = None
+
+    async def incr(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.loop is not loop or self.opening is None:
+            self.loop = loop
+            self.opening = loop.create_task(self._open())
+        writer = await self.opening
+        waiter: asyncio.Future[None] = loop.create_future()
+        self.waiters.append(waiter)
+        writer.write(INCR)
+        await waiter
+
+    async def _open(self) -> asyncio.StreamWriter:
+        url = urlsplit(REDIS_URL)
+        reader, writer = await asyncio.open_connection(
+            url.hostname or "127.0.0.1", url.port or 6379
+        )
+        writer.write(_select_command())
+        if not (await reader.readline()).startswith(b"+OK"):
+            raise RuntimeError("SELECT failed")
+        self.reader_task = asyncio.get_running_loop().create_task(self._replies(reader))
+        return writer
+
+    async def _replies(self, reader: asyncio.StreamReader) -> None:
+        while line := await reader.readline():
+            waiter = self.waiters.popleft()
+            if line.startswith(b":"):
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(RuntimeError(f"INCR failed: {line!r}"))
+
+
+class _SyncCounter:
+    """A pool of blocking connections, one per thread (or greenlet) INCRing at the same moment."""
+
+    def __init__(self) -> None:
+        self.idle: list[socket.socket] = []
+        self.lock = threading.Lock()
+
+    def incr(self) -> None:
+        with self.lock:
+            conn = self.idle.pop() if self.idle else None
+        if conn is None:
+            conn = self._open()
+        conn.sendall(INCR)
+        if not _read_line(conn).startswith(b":"):
+            raise RuntimeError("INCR failed")
+        with self.lock:
+            self.idle.append(conn)
+
+    def _open(self) -> socket.socket:
+        url = urlsplit(REDIS_URL)
+        conn = socket.create_connection((url.hostname or "127.0.0.1", url.port or 6379))
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.sendall(_select_command())
+        if not _read_line(conn).startswith(b"+OK"):
+            raise RuntimeError("SELECT failed")
+        return conn
+
+
+def _read_line(conn: socket.socket) -> bytes:
+    data = b""
+    while not data.endswith(b"\r\n"):
+        chunk = conn.recv(64)
+        if not chunk:
+            raise ConnectionError("Redis closed the connection")
+        data += chunk
+    return data
+
+
+_ASYNC = _AsyncCounter()
+_SYNC = _SyncCounter()
+
+
+async def done(job: float | None = None) -> None:
+    """End an async job: the shared Redis INCR, then :func:`finished`."""
+    await _ASYNC.incr()
+    TALLY.finished(job)
+
+
+def done_sync(job: float | None = None) -> None:
+    """End a sync job: the shared Redis INCR (blocking), then :func:`finished`."""
+    _SYNC.incr()
+    TALLY.finished(job)
 
 
 def report(**figures: Any) -> None:
@@ -167,7 +286,8 @@ async def _produce(client: Client, command: str, args: list[str]) -> dict[str, A
             return {"rate": count / (time.perf_counter() - began)}
         if command == "bulk":
             count, kind = int(args[0]), args[1]
-            jobs = list(range(count))
+            first = int(args[2]) if len(args) > 2 else 0
+            jobs = list(range(first, first + count))
             began = time.perf_counter()
             await client.send_bulk(kind, jobs)
             return {"rate": count / (time.perf_counter() - began)}
@@ -184,8 +304,8 @@ async def _produce(client: Client, command: str, args: list[str]) -> dict[str, A
 def produce(client: Client, argv: list[str] | None = None) -> None:
     """Run one producer command and print its figures as JSON.
 
-    Commands: ``single N`` (N no-op jobs one by one), ``bulk N KIND`` (N jobs
-    through the bulk path), ``latency RATE SECONDS`` (a steady stream of
+    Commands: ``single N`` (N no-op jobs one by one), ``bulk N KIND [FIRST]`` (N jobs
+    through the bulk path, ids from FIRST), ``latency RATE SECONDS`` (a steady stream of
     latency jobs after a warm-up), ``cleanup``.
     """
     argv = sys.argv[1:] if argv is None else argv

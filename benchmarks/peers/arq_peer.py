@@ -16,7 +16,7 @@ import os
 from typing import Any
 
 import uvloop
-from _common import IO_SECONDS, QUEUE, REDIS_URL, finished, produce, quiet
+from _common import IO_SECONDS, QUEUE, REDIS_URL, done, produce, quiet
 from _common import started as job_started
 from arq import ArqRedis, create_pool
 from arq.connections import RedisSettings
@@ -30,18 +30,18 @@ SETTINGS = RedisSettings.from_dsn(REDIS_URL)
 
 async def noop(ctx: dict[str, Any], i: int) -> None:
     job_started()
-    finished()
+    await done(i)
 
 
 async def io(ctx: dict[str, Any], i: int) -> None:
     job_started()
     await asyncio.sleep(IO_SECONDS)
-    finished()
+    await done(i)
 
 
 async def latency(ctx: dict[str, Any], sent_at: float) -> None:
     if job_started(sent_at):
-        finished()
+        await done(sent_at)
 
 
 class WorkerSettings:

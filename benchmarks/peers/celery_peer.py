@@ -15,7 +15,7 @@ import os
 import time
 from typing import Any
 
-from _common import IO_SECONDS, QUEUE, REDIS_URL, finished, produce
+from _common import IO_SECONDS, QUEUE, REDIS_URL, done_sync, produce
 from _common import started as job_started
 from celery import Celery
 
@@ -34,20 +34,20 @@ app.conf.update(
 @app.task(name="noop")
 def noop(i: int) -> None:
     job_started()
-    finished()
+    done_sync(i)
 
 
 @app.task(name="io")
 def io(i: int) -> None:
     job_started()
     time.sleep(IO_SECONDS)
-    finished()
+    done_sync(i)
 
 
 @app.task(name="latency")
 def latency(sent_at: float) -> None:
     if job_started(sent_at):
-        finished()
+        done_sync(sent_at)
 
 
 TASKS: dict[str, Any] = {"noop": noop, "io": io, "latency": latency}

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 import dramatiq
-from _common import AMQP_URL, BROKER, IO_SECONDS, PREFIX, QUEUE, REDIS_URL, finished, produce
+from _common import AMQP_URL, BROKER, IO_SECONDS, PREFIX, QUEUE, REDIS_URL, done_sync, produce
 from _common import started as job_started
 
 if BROKER == "rabbitmq":
@@ -34,20 +34,20 @@ dramatiq.set_broker(broker)
 @dramatiq.actor(queue_name=QUEUE)
 def noop(i: int) -> None:
     job_started()
-    finished()
+    done_sync(i)
 
 
 @dramatiq.actor(queue_name=QUEUE)
 def io(i: int) -> None:
     job_started()
     time.sleep(IO_SECONDS)
-    finished()
+    done_sync(i)
 
 
 @dramatiq.actor(queue_name=QUEUE)
 def latency(sent_at: float) -> None:
     if job_started(sent_at):
-        finished()
+        done_sync(sent_at)
 
 
 ACTORS: dict[str, Any] = {"noop": noop, "io": io, "latency": latency}

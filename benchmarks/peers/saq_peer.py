@@ -15,7 +15,7 @@ import os
 from typing import Any
 
 import uvloop
-from _common import IO_SECONDS, QUEUE, REDIS_URL, finished, produce
+from _common import IO_SECONDS, QUEUE, REDIS_URL, done, produce
 from _common import started as job_started
 from saq import Queue
 
@@ -27,18 +27,18 @@ queue = Queue.from_url(REDIS_URL, name=QUEUE)
 
 async def noop(ctx: dict[str, Any], *, i: int) -> None:
     job_started()
-    finished()
+    await done(i)
 
 
 async def io(ctx: dict[str, Any], *, i: int) -> None:
     job_started()
     await asyncio.sleep(IO_SECONDS)
-    finished()
+    await done(i)
 
 
 async def latency(ctx: dict[str, Any], *, i: float) -> None:
     if job_started(i):
-        finished()
+        await done(i)
 
 
 settings = {"queue": queue, "functions": [noop, io, latency], "concurrency": CONCURRENCY}

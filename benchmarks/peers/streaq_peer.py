@@ -13,7 +13,7 @@ import asyncio
 import os
 from typing import Any
 
-from _common import IO_SECONDS, QUEUE, REDIS_URL, finished, produce, quiet
+from _common import IO_SECONDS, QUEUE, REDIS_URL, done, produce, quiet
 from _common import started as job_started
 from streaq import Worker
 
@@ -30,20 +30,20 @@ worker = Worker(
 @worker.task(ttl=0)
 async def noop(i: int) -> None:
     job_started()
-    finished()
+    await done(i)
 
 
 @worker.task(ttl=0)
 async def io(i: int) -> None:
     job_started()
     await asyncio.sleep(IO_SECONDS)
-    finished()
+    await done(i)
 
 
 @worker.task(ttl=0)
 async def latency(sent_at: float) -> None:
     if job_started(sent_at):
-        finished()
+        await done(sent_at)
 
 
 TASKS: dict[str, Any] = {"noop": noop, "io": io, "latency": latency}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from _common import AMQP_URL, BROKER, IO_SECONDS, PREFIX, QUEUE, REDIS_URL, finished, produce
+from _common import AMQP_URL, BROKER, IO_SECONDS, PREFIX, QUEUE, REDIS_URL, done, produce
 from _common import started as job_started
 
 from taskflow import Broker
@@ -32,20 +32,20 @@ broker = make_broker()
 @broker.actor(queue=QUEUE)
 async def noop(i: int) -> None:
     job_started()
-    finished()
+    await done(i)
 
 
 @broker.actor(queue=QUEUE)
 async def io(i: int) -> None:
     job_started()
     await asyncio.sleep(IO_SECONDS)
-    finished()
+    await done(i)
 
 
 @broker.actor(queue=QUEUE)
 async def latency(sent_at: float) -> None:
     if job_started(sent_at):
-        finished()
+        await done(sent_at)
 
 
 ACTORS: dict[str, Any] = {"noop": noop, "io": io, "latency": latency}

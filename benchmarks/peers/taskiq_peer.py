@@ -13,7 +13,7 @@ import asyncio
 import os
 from typing import Any
 
-from _common import AMQP_URL, BROKER, IO_SECONDS, PREFIX, QUEUE, REDIS_URL, finished, produce
+from _common import AMQP_URL, BROKER, IO_SECONDS, PREFIX, QUEUE, REDIS_URL, done, produce
 from _common import started as job_started
 from taskiq import AsyncBroker
 
@@ -44,20 +44,20 @@ broker = make_broker()
 @broker.task(task_name="noop")
 async def noop(i: int) -> None:
     job_started()
-    finished()
+    await done(i)
 
 
 @broker.task(task_name="io")
 async def io(i: int) -> None:
     job_started()
     await asyncio.sleep(IO_SECONDS)
-    finished()
+    await done(i)
 
 
 @broker.task(task_name="latency")
 async def latency(sent_at: float) -> None:
     if job_started(sent_at):
-        finished()
+        await done(sent_at)
 
 
 TASKS: dict[str, Any] = {"noop": noop, "io": io, "latency": latency}
