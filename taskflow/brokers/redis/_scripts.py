@@ -105,8 +105,7 @@ local function bulk(cmd, key, args)
 end
 
 local function notify()
-  redis.call('LPUSH', NOTIFY, '1')
-  redis.call('LTRIM', NOTIFY, 0, 0)
+  if redis.call('LPUSH', NOTIFY, '1') > 1 then redis.call('LTRIM', NOTIFY, 0, 0) end
 end
 
 -- Ready members are the id behind a 16-digit sequence number, so that equal
@@ -253,18 +252,28 @@ ENQUEUE = (
     _PRELUDE
     + """
 local items = cmsgpack.unpack(ARGV[2])
-local ids = {}
-for i, item in ipairs(items) do ids[i] = item[1] end
-local stored = redis.call('HMGET', BODY, unpack(ids))
-local base = sequence(#items)
+local stored, single = {}, #items == 1
+if single then
+  -- One message (a plain send): HSETNX stores it and tells a repeat at once.
+  stored[1] = redis.call('HSETNX', BODY, items[1][1], items[1][2]) == 0
+else
+  local ids = {}
+  for i, item in ipairs(items) do ids[i] = item[1] end
+  stored = redis.call('HMGET', BODY, unpack(ids))
+end
+local base = nil
 local bodies, pris, ready, delayed, seen = {}, {}, {}, {}, {}
+local added = 0
 local now = nil
 for i, item in ipairs(items) do
   local id, pri, delay = item[1], item[3], item[4]
   if not stored[i] and not seen[id] then
     seen[id] = true
-    bodies[#bodies + 1] = id
-    bodies[#bodies + 1] = item[2]
+    added = added + 1
+    if not single then
+      bodies[#bodies + 1] = id
+      bodies[#bodies + 1] = item[2]
+    end
     if pri ~= 0 then
       pris[#pris + 1] = id
       pris[#pris + 1] = pri
@@ -274,6 +283,7 @@ for i, item in ipairs(items) do
       delayed[#delayed + 1] = now + delay
       delayed[#delayed + 1] = id
     else
+      base = base or sequence(#items)
       ready[#ready + 1] = -pri
       ready[#ready + 1] = member(base + i, id)
     end
@@ -282,10 +292,14 @@ end
 bulk('HSET', BODY, bodies)
 bulk('HSET', PRI, pris)
 add_delayed(delayed)
+-- A consumer blocks only after a fetch found the queue empty, and each fetch
+-- that leaves messages behind wakes the next one: only a queue going from
+-- empty to not empty needs to wake anyone (and to be registered).
+local was_empty = #ready > 0 and redis.call('ZCARD', READY) == 0
 bulk('ZADD', READY, ready)
-if #ready > 0 then notify() end
-redis.call('SADD', QUEUES, ARGV[1])
-return #bodies / 2
+if was_empty then notify() end
+if was_empty or #delayed > 0 then redis.call('SADD', QUEUES, ARGV[1]) end
+return added
 """
 )
 
