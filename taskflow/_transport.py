@@ -32,6 +32,7 @@ package; code outside taskflow imports these names from :mod:`taskflow.broker`.
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Sequence
 from typing import NamedTuple
@@ -198,6 +199,27 @@ class Transport(ABC):
         log: list[str] = self.__dict__.get("_local_cancels", [])
         start = int(cursor) if cursor else 0
         return log[start:], str(len(log))
+
+    async def _unique_claim(self, key: str, message_id: str, ttl: float) -> str | None:
+        """Hold ``key`` for ``message_id`` for ``ttl`` s unless held; return the holder's id.
+
+        Atomic on the server: of senders racing for a free key, one holds it
+        and the others get its id. This default holds keys in this process.
+        """
+        keys: dict[str, tuple[str, float]] = self.__dict__.setdefault("_local_unique", {})
+        now = time.monotonic()
+        held = keys.get(key)
+        if held is not None and held[1] > now:
+            return held[0]
+        keys[key] = (message_id, now + ttl)
+        return None
+
+    async def _unique_release(self, key: str, message_id: str, ttl: float) -> None:
+        """Let ``key`` go ``ttl`` seconds from now, if ``message_id`` still holds it."""
+        keys: dict[str, tuple[str, float]] = self.__dict__.get("_local_unique", {})
+        held = keys.get(key)
+        if held is not None and held[0] == message_id:
+            keys[key] = (message_id, time.monotonic() + ttl)
 
     async def _claim_fire(self, schedule: str, fire_at: float, ttl: float) -> bool:
         """Claim fire time ``fire_at`` (unix time) of ``schedule``; True for the one claimer.

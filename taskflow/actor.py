@@ -15,6 +15,7 @@ from taskflow import _sync
 from taskflow._time import seconds, utcnow
 from taskflow.errors import InvalidArguments
 from taskflow.message import Message
+from taskflow.unique import unique_key
 
 if TYPE_CHECKING:
     from taskflow.broker import Broker
@@ -190,6 +191,8 @@ class Actor(Generic[P, R]):
             eta = now + dt.timedelta(seconds=seconds(delay))
         elif eta is not None and eta.tzinfo is None:
             raise ValueError("eta must be a timezone-aware datetime")
+        if options or self.options:
+            unique_key(options, self.options, args, kwargs or {})
         message: Message[R] = Message(
             queue=self.queue,
             actor=self.name,
@@ -207,7 +210,7 @@ class Actor(Generic[P, R]):
     async def send(self, *args: P.args, **kwargs: P.kwargs) -> Message[R]:
         """Send a message to run this actor; returns once the broker holds it."""
         message = self.message_with_options(args=args, kwargs=kwargs)
-        await self.broker.enqueue([message])
+        [message] = await self.broker.enqueue([message])
         return message
 
     async def send_with_options(
@@ -224,7 +227,7 @@ class Actor(Generic[P, R]):
         message = self.message_with_options(
             args=args, kwargs=kwargs, delay=delay, eta=eta, priority=priority, **options
         )
-        await self.broker.enqueue([message])
+        [message] = await self.broker.enqueue([message])
         return message
 
     async def send_many(self, calls: Iterable[tuple[Any, ...] | Message[R]]) -> list[Message[R]]:
@@ -236,8 +239,7 @@ class Actor(Generic[P, R]):
         messages = [
             c if isinstance(c, Message) else self.message_with_options(args=c) for c in calls
         ]
-        await self.broker.enqueue(messages)
-        return messages
+        return await self.broker.enqueue(messages)
 
     # -- sending from code without an event loop ---------------------------
 

@@ -38,6 +38,7 @@ from taskflow.message import Codec, Message
 from taskflow.middleware import Middleware, TimeLimit, default_middleware, with_results
 from taskflow.results import store_refusal
 from taskflow.scheduling import DEFAULT_MISFIRE_GRACE, Schedule
+from taskflow.unique import UNIQUE_OPTIONS, claim_unique
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -230,7 +231,7 @@ class Broker(Transport):
     @property
     def actor_options(self) -> frozenset[str]:
         """Every actor option that this broker's middleware accepts."""
-        names: set[str] = set()
+        names: set[str] = set(UNIQUE_OPTIONS)
         for m in self.middleware:
             names |= m.actor_options
         return frozenset(names)
@@ -453,15 +454,23 @@ class Broker(Transport):
 
     # -- producing ----------------------------------------------------------
 
-    async def enqueue(self, messages: Sequence[Message[Any]]) -> None:
+    async def enqueue(self, messages: Sequence[Message[Any]]) -> list[Message[Any]]:
         """Encode ``messages`` and hand them to the server in one batch.
+
+        Returns the messages sent: for a message with a ``unique_key`` that
+        another message holds, that message (its id) instead, and nothing of
+        it is enqueued.
 
         Raises:
             MessageTooLarge: A message is over ``max_message_size``; nothing is sent.
             BrokerUnavailable: The server could not be reached.
         """
         if not messages:
-            return
+            return []
+        sent = list(messages)
+        if any("unique_key" in m.options for m in messages):
+            await self.connect()
+            sent, messages = await self._claim_unique(sent)
         hooks = self._enqueue_hooks
         by_queue: dict[str, list[Envelope]] = {}
         now = utcnow()
@@ -477,6 +486,19 @@ class Broker(Transport):
         await self.connect()
         for queue, envelopes in by_queue.items():
             await self._enqueue(queue, envelopes)
+        return sent
+
+    async def _claim_unique(
+        self, messages: list[Message[Any]]
+    ) -> tuple[list[Message[Any]], list[Message[Any]]]:
+        """Claim each unique key: (what each send returns, what is enqueued)."""
+        sent, fresh = [], []
+        for message in messages:
+            holder = await claim_unique(self, message) if "unique_key" in message.options else None
+            sent.append(holder or message)
+            if holder is None:
+                fresh.append(message)
+        return sent, fresh
 
     # -- control --------------------------------------------------------------
 

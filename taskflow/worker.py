@@ -43,6 +43,7 @@ from taskflow.middleware import Context, Middleware, Outcome, build_stack
 from taskflow.middleware._shared import describe
 from taskflow.results import store_refusal
 from taskflow.scheduling import run_schedules
+from taskflow.unique import release_unique
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -52,6 +53,9 @@ if TYPE_CHECKING:
 __all__ = ["HAND_BACK_TIMEOUT", "Worker", "WorkerShutdown"]
 
 logger = logging.getLogger("taskflow.worker")
+
+#: Outcomes after which a message does not run again.
+_FINAL = frozenset({Outcome.ACK, Outcome.DEAD})
 
 #: Seconds a stopping consumer may take to hand back its prefetched messages.
 HAND_BACK_TIMEOUT = 10.0
@@ -518,8 +522,19 @@ class Worker:
         except BrokerError as exc:
             logger.warning("could not settle a message (%s); it will be redelivered", exc)
         else:
+            if delivery.message.options and outcome in _FINAL:
+                await self._release_unique(delivery)
             if self._settled_hooks:
                 await self._after_settle(delivery, outcome, reason)
+
+    async def _release_unique(self, delivery: Delivery) -> None:
+        """A unique message finished for good: its key goes after its ``unique_ttl``."""
+        if "unique_key" not in delivery.message.options:
+            return
+        try:
+            await release_unique(self.broker, delivery.message)
+        except BrokerError as exc:
+            logger.warning("could not release a unique key (%s); it expires by itself", exc)
 
     async def _after_settle(self, delivery: Delivery, outcome: Outcome, reason: str) -> None:
         for m in self._settled_hooks:

@@ -126,6 +126,21 @@ return 1
 """
 
 
+#: Hold a unique key unless held (SET NX PX); return the holder's id, or nil when claimed.
+_UNIQUE_CLAIM = """
+local holder = redis.call('GET', KEYS[1])
+if holder then return holder end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
+"""
+#: Let a unique key go after ARGV[2] ms (at once for 0) if ARGV[1] still holds it.
+_UNIQUE_RELEASE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if tonumber(ARGV[2]) > 0 then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return redis.call('DEL', KEYS[1])
+"""
+
+
 def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
@@ -609,6 +624,25 @@ class RedisBroker(Broker):
         client = self._client
         names = await self._retrying("known_queues", lambda: client.smembers(self._keys.queues))
         return sorted(_text(n) for n in names)
+
+    # -- unique keys ----------------------------------------------------------
+
+    async def _unique_claim(self, key: str, message_id: str, ttl: float) -> str | None:
+        assert self._client is not None
+        client, name = self._client, self._keys.unique(key)
+        holder = await self._retrying(
+            "a unique claim",
+            lambda: client.eval(_UNIQUE_CLAIM, 1, name, message_id, max(_ms(ttl), 1)),
+        )
+        return None if holder is None else _text(holder)
+
+    async def _unique_release(self, key: str, message_id: str, ttl: float) -> None:
+        assert self._client is not None
+        client, name = self._client, self._keys.unique(key)
+        await self._retrying(
+            "a unique release",
+            lambda: client.eval(_UNIQUE_RELEASE, 1, name, message_id, _ms(ttl)),
+        )
 
     # -- cancellation ---------------------------------------------------------
 

@@ -35,6 +35,10 @@ class Keys:
         """The key keeping the answer of one settle call (``_scripts.SETTLE``) for a while."""
         return f"{self.prefix}:q:{name}:receipt:{batch}"
 
+    def unique(self, key: str) -> str:
+        """The holder of a unique key: the id of the message that holds it."""
+        return f"{self.prefix}:unique:{key}"
+
     @property
     def cancels(self) -> str:
         """The cancel log: a stream of cancelled message ids."""

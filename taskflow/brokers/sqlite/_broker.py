@@ -514,6 +514,21 @@ class SQLiteBroker(Broker):
         rows = await self._read(lambda conn: conn.execute(sql.QUEUES).fetchall())
         return [r[0] for r in rows]
 
+    async def _unique_claim(self, key: str, message_id: str, ttl: float) -> str | None:
+        params = {"key": key, "id": message_id, "ttl": ttl}
+
+        def claim(conn: sqlite3.Connection) -> str:
+            conn.execute(sql.UNIQUE_EXPIRE, params)
+            conn.execute(sql.UNIQUE_HOLD, params)
+            return str(conn.execute(sql.UNIQUE_HOLDER, params).fetchone()[0])
+
+        holder = await self._write(claim)
+        return None if holder == message_id else holder
+
+    async def _unique_release(self, key: str, message_id: str, ttl: float) -> None:
+        params = {"key": key, "id": message_id, "ttl": ttl}
+        await self._write(partial(_execute, sql.UNIQUE_RELEASE, params))
+
     async def _cancel(self, message_id: str, ttl: float) -> None:
         params = {"id": message_id, "ttl": ttl}
 

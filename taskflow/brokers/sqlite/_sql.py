@@ -45,6 +45,11 @@ CREATE TABLE IF NOT EXISTS taskflow_cancels (
     id TEXT NOT NULL,
     expires REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS taskflow_unique (
+    key TEXT PRIMARY KEY,
+    id TEXT NOT NULL,
+    expires REAL NOT NULL
+);
 CREATE INDEX IF NOT EXISTS taskflow_messages_queue ON {TABLE} (queue);
 CREATE INDEX IF NOT EXISTS taskflow_messages_next
     ON {TABLE} (queue, priority DESC, ready_at, seq) WHERE {WAITING};
@@ -191,3 +196,14 @@ LAST_FIRE = "SELECT MAX(fire_at) FROM taskflow_cron WHERE schedule = :schedule"
 CANCEL = f"INSERT INTO taskflow_cancels (id, expires) VALUES (:id, {WALL_NOW} + :ttl)"
 EXPIRE_CANCELS = f"DELETE FROM taskflow_cancels WHERE expires < {WALL_NOW}"
 CANCELLATIONS = "SELECT seq, id FROM taskflow_cancels WHERE seq > :after ORDER BY seq LIMIT 10000"
+
+#: A unique key: drop it when expired, hold it when free, then read its holder.
+UNIQUE_EXPIRE = f"DELETE FROM taskflow_unique WHERE key = :key AND expires <= {WALL_NOW}"
+UNIQUE_HOLD = (
+    "INSERT OR IGNORE INTO taskflow_unique (key, id, expires)"
+    f" VALUES (:key, :id, {WALL_NOW} + :ttl)"
+)
+UNIQUE_HOLDER = "SELECT id FROM taskflow_unique WHERE key = :key"
+UNIQUE_RELEASE = (
+    f"UPDATE taskflow_unique SET expires = {WALL_NOW} + :ttl WHERE key = :key AND id = :id"
+)
