@@ -1,5 +1,6 @@
 """taskflow: an asyncio-native distributed task queue."""
 
+from taskflow._inspection import MessageInfo, WorkerInfo
 from taskflow._transport import QueueStats
 from taskflow._urls import broker_from_env, broker_from_url
 from taskflow.actor import Actor
@@ -42,6 +43,7 @@ __all__ = [
     "JoinTimeout",
     "LeaseLost",
     "Message",
+    "MessageInfo",
     "MessageTooLarge",
     "Middleware",
     "QueueStats",
@@ -54,6 +56,7 @@ __all__ = [
     "TaskflowError",
     "TimeLimitExceeded",
     "Worker",
+    "WorkerInfo",
     "broker_from_env",
     "broker_from_url",
     "current_message",

@@ -35,7 +35,10 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from taskflow._inspection import BrowseRecord, State
 
 __all__ = ["DeadRecord", "Envelope", "QueueStats", "Receipt", "Transport"]
 
@@ -239,3 +242,41 @@ class Transport(ABC):
         """The latest fire time of ``schedule`` claimed so far (unix time), if known."""
         fires: dict[str, float] = self.__dict__.get("_local_fires", {})
         return fires.get(schedule)
+
+    # -- inspection ---------------------------------------------------------
+
+    async def _browse(
+        self, queue: str, state: State, limit: int, offset: int
+    ) -> list[BrowseRecord]:
+        """Up to ``limit`` messages of ``queue`` in ``state``, skipping ``offset``.
+
+        Ready messages come in delivery order, delayed ones due-first,
+        in-flight ones by lease expiry, dead letters newest first. The cost
+        is bounded by ``offset + limit``, never by the queue's length.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot browse its queues")
+
+    async def _locate(self, queue: str, message_id: str) -> BrowseRecord | None:
+        """The message ``message_id`` of ``queue`` in whatever state it is, if held."""
+        raise NotImplementedError(f"{type(self).__name__} cannot look up messages")
+
+    async def _register_worker(self, worker_id: str, record: bytes, ttl: float) -> None:
+        """Store a worker's heartbeat ``record``, forgotten ``ttl`` seconds after it.
+
+        This default keeps the registry inside this process (the memory
+        broker's); transports shared by processes store it on the server.
+        """
+        registry = self.__dict__.setdefault("_local_workers", {})
+        registry[worker_id] = (record, time.monotonic() + ttl)
+
+    async def _unregister_worker(self, worker_id: str) -> None:
+        """Forget a worker that stopped."""
+        self.__dict__.get("_local_workers", {}).pop(worker_id, None)
+
+    async def _worker_records(self) -> list[bytes]:
+        """The records of workers whose last heartbeat has not expired."""
+        registry: dict[str, tuple[bytes, float]] = self.__dict__.get("_local_workers", {})
+        now = time.monotonic()
+        for worker_id in [w for w, (_, expires) in registry.items() if expires <= now]:
+            del registry[worker_id]
+        return [record for record, _ in registry.values()]

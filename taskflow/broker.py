@@ -23,6 +23,16 @@ import anyio
 import msgspec
 
 from taskflow import _sync
+from taskflow._inspection import (
+    STATES,
+    BrowseRecord,
+    MessageInfo,
+    State,
+    WorkerInfo,
+    decode_record,
+    when,
+    worker_info,
+)
 from taskflow._time import seconds, utcnow
 from taskflow._transport import DeadRecord, Envelope, QueueStats, Receipt, Transport
 from taskflow.actor import Actor
@@ -54,9 +64,11 @@ __all__ = [
     "Envelope",
     "GROWTH_ALLOWANCE",
     "JoinTimeout",
+    "MessageInfo",
     "QueueStats",
     "Receipt",
     "Transport",
+    "WorkerInfo",
     "seconds",
 ]
 
@@ -642,6 +654,70 @@ class Broker(Transport):
                 interval = min(interval * 1.5, 0.1)
         if scope.cancelled_caught:
             raise JoinTimeout(f"queue {queue!r} did not drain within {limit} s")
+
+    async def browse(
+        self, queue: str, state: State = "ready", limit: int = 50, offset: int = 0
+    ) -> list[MessageInfo]:
+        """Return up to ``limit`` messages of ``queue`` in ``state``, after ``offset``.
+
+        ``state`` is ``ready`` (in delivery order), ``delayed`` (due first),
+        ``in_flight`` (by lease expiry) or ``dead`` (newest first). The cost
+        grows with ``offset + limit``, not with the queue's length.
+
+        Raises:
+            ValueError: an unknown state, or a negative limit or offset.
+        """
+        if state not in STATES:
+            raise ValueError(f"unknown state {state!r}: one of {', '.join(STATES)}")
+        if limit < 0 or offset < 0:
+            raise ValueError("limit and offset must not be negative")
+        await self.connect()
+        records = await self._browse(queue, state, limit, offset) if limit else []
+        return [self._message_info(queue, r) for r in records]
+
+    async def get_message(self, message_id: str) -> MessageInfo | None:
+        """Return the message ``message_id`` wherever it is (any queue, any state), or None."""
+        await self.connect()
+        for queue in await self.known_queues():
+            record = await self._locate(queue, message_id)
+            if record is not None:
+                return self._message_info(queue, record)
+        return None
+
+    async def workers(self) -> list[WorkerInfo]:
+        """Return the live workers of this broker, oldest first.
+
+        Every :class:`taskflow.Worker` registers when it starts and renews
+        its record at each heartbeat; a worker that stops is removed, one
+        that dies is gone once its record expires (two heartbeats).
+        """
+        await self.connect()
+        infos = []
+        for raw in await self._worker_records():
+            try:
+                infos.append(worker_info(decode_record(raw)))
+            except msgspec.DecodeError:
+                continue
+        return sorted(infos, key=lambda w: (w.started_at, w.id))
+
+    def _message_info(self, queue: str, record: BrowseRecord) -> MessageInfo:
+        try:
+            message: Message[Any] | None = self.codec.decode(record.body)
+        except DecodeError:
+            message = None
+        return MessageInfo(
+            id=record.id,
+            queue=queue,
+            message=message,
+            body=record.body,
+            state=record.state,
+            eta=when(record.eta),
+            delivery_count=record.delivery_count,
+            lease_owner=record.lease_owner,
+            lease_expires_at=when(record.lease_expires_at),
+            reason=record.reason,
+            dead_at=when(record.dead_at),
+        )
 
     async def known_queues(self) -> list[str]:
         """Queues the server knows of, with the declared actors' queues."""

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import TYPE_CHECKING, Any, Self
@@ -35,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Self
 import anyio
 from anyio.abc import TaskStatus
 
+from taskflow._inspection import WorkerRecord, encode_record, local_identity
 from taskflow._redact import redact
 from taskflow._threads import STUCK_GRACE, THREAD_LIMITS, ThreadCall, ThreadPool
 from taskflow.cancellation import CancelWatch
@@ -141,6 +143,8 @@ class Worker:
         prefetch: Messages a consumer fetches per round trip (default: up to
             ``concurrency``, at most 256).
         shutdown_timeout: Seconds running messages get to finish on ``stop()``.
+        heartbeat: Seconds between the worker's registrations with the broker
+            (see :meth:`taskflow.Broker.workers`); a record lives two heartbeats.
 
     Attributes:
         processed: Messages acked as done since start.
@@ -156,6 +160,7 @@ class Worker:
         threads: int = 8,
         prefetch: int | None = None,
         shutdown_timeout: float = 30.0,
+        heartbeat: float = 5.0,
     ) -> None:
         if concurrency < 1 or threads < 1:
             raise ValueError("concurrency and threads must be at least 1")
@@ -165,6 +170,8 @@ class Worker:
         self.threads = threads
         self.prefetch = prefetch or min(concurrency, 256)
         self.shutdown_timeout = shutdown_timeout
+        self.heartbeat = heartbeat
+        self.started_at = time.time()
         self.worker_id = f"{os.getpid()}-{id(self):x}"
         self.processed = 0
         self.failed = 0
@@ -234,10 +241,13 @@ class Worker:
                     consumers.start_soon(self._consume, queue, handoff)
                 consumers.start_soon(run_schedules, self.broker)
                 consumers.start_soon(self._cancels.run)
+                await self._register(queues)
+                consumers.start_soon(self._heartbeats, queues)
                 task_status.started()
                 await self._stopping.wait()
                 consumers.cancel_scope.cancel()
             handoff.close()
+            await self._unregister()
             # Messages waiting for a thread have not started: they go back now.
             for waiting in list(self._slot_waits):
                 waiting.cancel()
@@ -254,6 +264,39 @@ class Worker:
                 assert self._pool is not None
                 self._pool.interrupt_all(WorkerShutdown)
                 processors.cancel_scope.cancel()
+
+    async def _register(self, queues: list[str]) -> None:
+        """Write this worker's record to the broker's registry (one heartbeat)."""
+        host, pid = local_identity()
+        record = WorkerRecord(
+            id=self.worker_id,
+            host=host,
+            pid=pid,
+            queues=queues,
+            concurrency=self.concurrency,
+            started_at=self.started_at,
+            last_heartbeat=time.time(),
+            in_progress=self._busy,
+            processed=self.processed,
+        )
+        try:
+            await self.broker._register_worker(
+                self.worker_id, encode_record(record), 2 * self.heartbeat
+            )
+        except BrokerError as exc:
+            logger.warning("worker %s: heartbeat not recorded (%s)", self.worker_id, exc)
+
+    async def _heartbeats(self, queues: list[str]) -> None:
+        while True:
+            await anyio.sleep(self.heartbeat)
+            await self._register(queues)
+
+    async def _unregister(self) -> None:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            try:
+                await self.broker._unregister_worker(self.worker_id)
+            except BrokerError as exc:
+                logger.warning("worker %s: could not unregister (%s)", self.worker_id, exc)
 
     async def _wait_idle(self) -> None:
         assert self._stopping is not None

@@ -17,6 +17,7 @@ from typing import Any, Self
 
 import anyio
 
+from taskflow._inspection import BrowseRecord, State
 from taskflow._transport import DeadRecord, Envelope, QueueStats, Receipt
 from taskflow.broker import Broker
 from taskflow.results import ResultBackend
@@ -30,6 +31,9 @@ class _Stored:
         self.body = body
         self.priority = priority
         self.deliveries = 0
+
+
+_OWNER = "memory"  # the one consumer of an in-process broker holds every lease
 
 
 class _Queue:
@@ -192,6 +196,47 @@ class MemoryBroker(Broker):
 
     async def _known_queues(self) -> list[str]:
         return list(self._queues)
+
+    async def _browse(
+        self, queue: str, state: State, limit: int, offset: int
+    ) -> list[BrowseRecord]:
+        q = self._queue(queue)
+        self._promote(q)
+        self._expire_dead(q)
+        ids: list[str]
+        if state == "ready":
+            ids = [i for _, _, i in sorted(q.ready) if i in q.messages and i not in q.in_flight]
+        elif state == "delayed":
+            ids = [i for _, _, i in sorted(q.delayed) if i in q.messages]
+        elif state == "in_flight":
+            ids = sorted(q.in_flight)
+        else:
+            ids = list(reversed(q.dead))
+        found = (self._record(q, i) for i in ids[offset : offset + limit])
+        return [r for r in found if r is not None]
+
+    async def _locate(self, queue: str, message_id: str) -> BrowseRecord | None:
+        q = self._queues.get(queue)
+        return None if q is None else self._record(q, message_id)
+
+    def _record(self, q: _Queue, message_id: str) -> BrowseRecord | None:
+        dead = q.dead.get(message_id)
+        if dead is not None:
+            return BrowseRecord(
+                message_id, dead.body, "dead", reason=dead.reason, dead_at=dead.dead_at
+            )
+        stored = q.messages.get(message_id)
+        if stored is None:
+            return None
+        if message_id in q.in_flight:
+            return BrowseRecord(
+                message_id, stored.body, "in_flight", None, stored.deliveries, _OWNER
+            )
+        due = next((d for d, _, i in q.delayed if i == message_id), None)
+        if due is not None:
+            eta = time.time() + due - time.monotonic()
+            return BrowseRecord(message_id, stored.body, "delayed", eta, stored.deliveries)
+        return BrowseRecord(message_id, stored.body, "ready", None, stored.deliveries)
 
 
 class _MemoryReceipt(Receipt):

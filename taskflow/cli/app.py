@@ -10,9 +10,11 @@ import typer
 from taskflow.cli.cancel import cancel
 from taskflow.cli.cron import cron
 from taskflow.cli.dlq import dlq
+from taskflow.cli.inspect import inspect
 from taskflow.cli.queues import queues
 from taskflow.cli.send import send
 from taskflow.cli.worker import worker
+from taskflow.cli.workers import workers
 
 DISTRIBUTION = "taskflow-aio"
 """The name taskflow is installed under: ``pip install taskflow-aio``."""
@@ -59,5 +61,7 @@ app.command()(worker)
 app.command()(queues)
 app.command()(send)
 app.command()(cancel)
+app.command()(workers)
+app.command()(inspect)
 app.add_typer(dlq)
 app.add_typer(cron)

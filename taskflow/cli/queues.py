@@ -26,8 +26,13 @@ async def _collect(broker: Broker, spec: str) -> list[tuple[str, QueueStats]]:
 
 def format_table(rows: list[tuple[str, QueueStats]]) -> str:
     """Lay out queue stats as a text table: names left-aligned, counts right-aligned."""
-    cells = [COLUMNS, *((name, *map(str, stats)) for name, stats in rows)]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
+    return format_rows(COLUMNS, [(name, *map(str, stats)) for name, stats in rows])
+
+
+def format_rows(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    """Lay out a text table: the first column left-aligned, the others right-aligned."""
+    cells = [columns, *rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
     return "\n".join(
         "  ".join(
             cell.ljust(width) if i == 0 else cell.rjust(width)

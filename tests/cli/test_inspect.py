@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
 
 import anyio
@@ -9,8 +11,10 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from taskflow import QueueStats
+from taskflow._inspection import WorkerRecord, encode_record
 from taskflow.brokers.memory import MemoryBroker
 from taskflow.cli.app import app
+from taskflow.cli.workers import COLUMNS as WORKER_COLUMNS
 from tests.apps import cli_app
 
 SPEC = "tests.apps.cli_app:prepared"
@@ -142,3 +146,41 @@ def test_send_with_bad_json_or_an_unknown_actor_exits_2(prepared: Prepared) -> N
         f"Error: {SPEC!r} has no actor named 'nobody' (declared: ping, send_email)"
     )
     assert prepared.stats("emails") == QueueStats(ready=1, delayed=1, in_flight=0, dead=2)
+
+
+def test_inspect_prints_a_message_wherever_it_is(prepared: Prepared) -> None:
+    first = prepared.dead_ids[0]
+    shown = json.loads(invoke("inspect", SPEC, first).stdout)
+    assert shown["state"] == "dead" and shown["queue"] == "emails"
+    assert shown["message"]["args"] == ["x@example.com"]
+    assert shown["reason"] == "failed: ValueError: bad address x@example.com"
+
+
+def test_inspect_of_an_unknown_id_is_one_line_and_status_2(prepared: Prepared) -> None:
+    result = CliRunner().invoke(app, ["inspect", SPEC, "nope"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "Error: no message 'nope' in any queue"
+
+
+def test_workers_lists_a_registered_worker(prepared: Prepared) -> None:
+    record = WorkerRecord(
+        id="w1",
+        host="box",
+        pid=42,
+        queues=["emails"],
+        concurrency=4,
+        started_at=time.time(),
+        last_heartbeat=time.time(),
+        in_progress=1,
+        processed=7,
+    )
+    anyio.run(prepared.broker._register_worker, "w1", encode_record(record), 60.0)
+    lines = invoke("workers", SPEC).stdout.splitlines()
+    assert lines[0].split() == list(WORKER_COLUMNS)
+    cells = lines[1].split()
+    assert cells[:5] == ["w1", "box", "42", "emails", "4"] and cells[6:] == ["1", "7"]
+
+
+def test_workers_without_any_says_so(prepared: Prepared) -> None:
+    result = invoke("workers", SPEC)
+    assert result.stdout == "" and result.stderr.strip() == "no live workers"

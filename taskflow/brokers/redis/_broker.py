@@ -69,12 +69,13 @@ import anyio
 import redis
 import redis.asyncio
 
+from taskflow._inspection import BrowseRecord, State
 from taskflow._retrying import GaveUp, Outage, retrying
 from taskflow._time import seconds
 from taskflow._transport import DeadRecord, Envelope, QueueStats, Receipt
 from taskflow._urls import mask_url
 from taskflow.broker import GROWTH_ALLOWANCE, Broker
-from taskflow.brokers.redis import _scripts
+from taskflow.brokers.redis import _inspect, _scripts
 from taskflow.brokers.redis._connection import (
     async_client,
     client_options,
@@ -109,6 +110,7 @@ _SCRIPTS = {
     "requeue_dead": _scripts.REQUEUE_DEAD,
     "purge": _scripts.PURGE,
     "purge_dead": _scripts.PURGE_DEAD,
+    **_inspect.SCRIPTS,
 }
 _WHY = {
     _scripts.OWNED_BY_OTHER: "another consumer holds it now",
@@ -618,6 +620,35 @@ class RedisBroker(Broker):
 
     async def _purge_dead(self, queue: str) -> int:
         return await self._drain("purge_dead", queue)
+
+    async def _browse(
+        self, queue: str, state: State, limit: int, offset: int
+    ) -> list[BrowseRecord]:
+        keys, ttl = self._keys.queue(queue), _ms(self.dead_letter_ttl)
+        args = [state, offset, limit, ttl]
+        items = await self._retrying("browse", lambda: self._script("browse", keys, args))
+        return _inspect.browsed(state, items)
+
+    async def _locate(self, queue: str, message_id: str) -> BrowseRecord | None:
+        keys, args = self._keys.queue(queue), [message_id, _ms(self.dead_letter_ttl)]
+        items = await self._retrying("locate", lambda: self._script("locate", keys, args))
+        return _inspect.located(message_id, items)
+
+    async def _register_worker(self, worker_id: str, record: bytes, ttl: float) -> None:
+        keys, args = self._keys.workers, [worker_id, record, _ms(ttl)]
+        await self._retrying("heartbeat", lambda: self._script("register_worker", keys, args))
+
+    async def _unregister_worker(self, worker_id: str) -> None:
+        assert self._client is not None
+        client, (ids, records) = self._client, self._keys.workers
+        await self._retrying("unregister", lambda: client.zrem(ids, worker_id))
+        await self._retrying("unregister", lambda: client.hdel(records, worker_id))
+
+    async def _worker_records(self) -> list[bytes]:
+        items = await self._retrying(
+            "workers", lambda: self._script("workers", self._keys.workers, [])
+        )
+        return [bytes(r) for r in items if r is not None]
 
     async def _known_queues(self) -> list[str]:
         assert self._client is not None

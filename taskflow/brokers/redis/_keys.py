@@ -21,6 +21,8 @@ class Keys:
         self.prefix = "{" + namespace + "}"
         self.queues = f"{self.prefix}:queues"
         self.reaper_lock = f"{self.prefix}:reaper"
+        #: The worker registry: a zset (id -> expiry ms) and a hash (id -> record).
+        self.workers = [f"{self.prefix}:workers", f"{self.prefix}:workers:record"]
         self._cache: dict[str, list[str]] = {}
 
     def queue(self, name: str) -> list[str]:

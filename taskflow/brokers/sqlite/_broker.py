@@ -16,8 +16,10 @@ from urllib.parse import parse_qsl, urlsplit
 
 import anyio
 
+from taskflow._inspection import BrowseRecord, State
 from taskflow._transport import DeadRecord, Envelope, QueueStats, Receipt
 from taskflow.broker import Broker
+from taskflow.brokers.sqlite import _inspect
 from taskflow.brokers.sqlite import _sql as sql
 from taskflow.brokers.sqlite._clock import HostClock
 from taskflow.brokers.sqlite._database import Database, GroupCommit, Ticker
@@ -509,6 +511,39 @@ class SQLiteBroker(Broker):
             return count
 
         return await self._commit(purge)
+
+    async def _browse(
+        self, queue: str, state: State, limit: int, offset: int
+    ) -> list[BrowseRecord]:
+        params = {"queue": queue, "limit": limit, "offset": offset}
+        rows = await self._read(
+            lambda conn: conn.execute(_inspect.BROWSE[state], params).fetchall()
+        )
+        return [_inspect.browse_record(row) for row in rows]
+
+    async def _locate(self, queue: str, message_id: str) -> BrowseRecord | None:
+        params = {"queue": queue, "id": message_id}
+        row = await self._read(lambda conn: conn.execute(_inspect.LOCATE, params).fetchone())
+        return None if row is None else _inspect.browse_record(row)
+
+    async def _register_worker(self, worker_id: str, record: bytes, ttl: float) -> None:
+        def register(conn: sqlite3.Connection) -> int:
+            conn.execute(_inspect.EXPIRE_WORKERS)
+            return conn.execute(
+                _inspect.REGISTER_WORKER, {"id": worker_id, "record": record, "ttl": ttl}
+            ).rowcount
+
+        await self._commit(register, durable=False)
+
+    async def _unregister_worker(self, worker_id: str) -> None:
+        params = {"id": worker_id}
+        await self._commit(
+            lambda conn: conn.execute(_inspect.UNREGISTER_WORKER, params).rowcount, durable=False
+        )
+
+    async def _worker_records(self) -> list[bytes]:
+        rows = await self._read(lambda conn: conn.execute(_inspect.LIVE_WORKERS).fetchall())
+        return [bytes(r[0]) for r in rows]
 
     async def _known_queues(self) -> list[str]:
         rows = await self._read(lambda conn: conn.execute(sql.QUEUES).fetchall())

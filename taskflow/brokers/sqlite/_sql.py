@@ -59,6 +59,16 @@ CREATE INDEX IF NOT EXISTS taskflow_messages_leased
     ON {TABLE} (lease_owner, lease_expires) WHERE lease_owner IS NOT NULL;
 CREATE INDEX IF NOT EXISTS taskflow_messages_dead
     ON {TABLE} (dead_until) WHERE dead_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS taskflow_messages_id ON {TABLE} (id);
+CREATE INDEX IF NOT EXISTS taskflow_messages_inflight
+    ON {TABLE} (queue, lease_expires) WHERE lease_owner IS NOT NULL;
+CREATE INDEX IF NOT EXISTS taskflow_messages_died
+    ON {TABLE} (queue, dead_at) WHERE dead_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS taskflow_workers (
+    id TEXT PRIMARY KEY,
+    record BLOB NOT NULL,
+    expires REAL NOT NULL
+);
 """
 
 INSERT = f"""
