@@ -292,7 +292,7 @@ class Worker:
             await self._register(queues)
 
     async def _unregister(self) -> None:
-        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+        with anyio.CancelScope(shield=True), anyio.move_on_after(1):
             try:
                 await self.broker._unregister_worker(self.worker_id)
             except BrokerError as exc:
