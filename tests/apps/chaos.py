@@ -203,11 +203,14 @@ class _Run:
     async def inject(self, seconds: float, every: float, rng: random.Random) -> None:
         """Faults one after another, each server fault at least once, the rest child kills."""
         server = list(self.target.server_faults.items())
-        plan: list[tuple[str, Callable[[], Awaitable[None]] | None]] = [("child", None)] * max(
-            2, int(seconds / every) - len(server) - 1
-        )
-        for each in server:  # early in the run, so it surely comes before the end
-            plan.insert(rng.randint(0, 2), each)
+        plan: list[tuple[str, Callable[[], Awaitable[None]] | None]] = []
+        while len(plan) < max(3, int(seconds / every) - 1):
+            # Blocks of three child kills with every server fault once among
+            # them, early in its block: each surely happens, and keeps recurring.
+            block: list[tuple[str, Callable[[], Awaitable[None]] | None]] = [("child", None)] * 3
+            for each in server:
+                block.insert(rng.randint(0, 1), each)
+            plan += block
         deadline = time.monotonic() + seconds
         await anyio.sleep(every)
         while time.monotonic() < deadline:
