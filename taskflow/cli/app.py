@@ -9,6 +9,7 @@ import typer
 
 from taskflow.cli.cancel import cancel
 from taskflow.cli.cron import cron
+from taskflow.cli.dashboard import dashboard
 from taskflow.cli.dlq import dlq
 from taskflow.cli.inspect import inspect
 from taskflow.cli.queues import queues
@@ -63,5 +64,6 @@ app.command()(send)
 app.command()(cancel)
 app.command()(workers)
 app.command()(inspect)
+app.command()(dashboard)
 app.add_typer(dlq)
 app.add_typer(cron)

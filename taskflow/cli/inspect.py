@@ -35,4 +35,7 @@ def describe(info: MessageInfo) -> dict[str, Any]:
 
 async def _find(broker: Broker, spec: str, message_id: str) -> MessageInfo | None:
     async with connected(broker, spec):
-        return await broker.get_message(message_id)
+        try:
+            return await broker.get_message(message_id)
+        except NotImplementedError as exc:
+            raise CliError(str(exc)) from None
