@@ -9,7 +9,7 @@ def test_all_is_sorted_and_complete() -> None:
         assert getattr(taskflow, name) is not None
     public = {n for n in dir(taskflow) if not n.startswith("_")}
     modules = {"actor", "broker", "brokers", "errors", "logs", "message", "middleware", "results"}
-    modules |= {"cancellation", "rate_limits", "scheduling", "unique", "worker"}
+    modules |= {"cancellation", "dashboard", "rate_limits", "scheduling", "unique", "worker"}
     assert public - modules - {"composition", "cli", "integrations"} == set(taskflow.__all__)
 
 

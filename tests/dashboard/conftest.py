@@ -43,7 +43,9 @@ def _install_missing() -> str | None:
     return None if Path(CHROMIUM).exists() else f"{CHROMIUM} is missing"
 
 
-@pytest.fixture(scope="session")
+# Per module: Playwright's sync API holds an event loop on the test thread while
+# it runs, which other tests' ``anyio.run`` would trip over.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     missing = _install_missing()
     if missing:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import anyio
 import pytest
@@ -24,7 +25,9 @@ def broker() -> Iterator[MemoryBroker]:
     @broker.actor(queue="emails")
     async def send_email(to: str) -> None: ...
 
-    anyio.run(send_email.send, "<b>x@example.com</b>")
+    # In a thread: a browser test of this session may hold this thread's loop.
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(anyio.run, send_email.send, "<b>x@example.com</b>").result(timeout=10)
     yield broker
 
 
@@ -35,7 +38,8 @@ def test_flask_through_a2wsgi(broker: MemoryBroker) -> None:
 
     app = Flask(__name__)
     app.wsgi_app = DispatcherMiddleware(  # type: ignore[method-assign]
-        app.wsgi_app, {"/tasks": ASGIMiddleware(Dashboard(broker))}
+        app.wsgi_app,
+        {"/tasks": ASGIMiddleware(Dashboard(broker))},  # type: ignore[dict-item, arg-type]
     )
     page = app.test_client().get("/tasks/")
     assert page.status_code == 200
@@ -54,7 +58,7 @@ def test_django_asgi_routes_a_prefix(broker: MemoryBroker) -> None:
     from starlette.routing import Mount
 
     application = Starlette(
-        routes=[Mount("/tasks", app=Dashboard(broker)), Mount("/", app=get_asgi_application())]
+        routes=[Mount("/tasks", app=Dashboard(broker)), Mount("/", app=get_asgi_application())]  # type: ignore[arg-type]
     )
     with TestClient(application) as client:
         page = client.get("/tasks/queues/emails")
