@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import anyio
+import httpx
 import pytest
 from starlette.requests import Request
 
 from taskflow.brokers.memory import MemoryBroker
 from taskflow.dashboard import Dashboard
+from tests.dashboard.conftest import free_port, serve
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -46,28 +50,15 @@ def test_flask_through_a2wsgi(broker: MemoryBroker) -> None:
     assert 'href="/tasks/queues/emails"' in page.text
 
 
-def test_django_asgi_routes_a_prefix(broker: MemoryBroker) -> None:
-    import django
-    from django.conf import settings
-
-    if not settings.configured:
-        settings.configure(ROOT_URLCONF=__name__, ALLOWED_HOSTS=["*"], SECRET_KEY="test")
-        django.setup()
-    from django.core.asgi import get_asgi_application
-    from starlette.applications import Starlette
-    from starlette.routing import Mount
-
-    application = Starlette(
-        routes=[Mount("/tasks", app=Dashboard(broker)), Mount("/", app=get_asgi_application())]  # type: ignore[arg-type]
-    )
-    with TestClient(application) as client:
-        page = client.get("/tasks/queues/emails")
-        assert page.status_code == 200
-        assert "&lt;b&gt;x@example.com&lt;/b&gt;" in page.text  # escaped, as it is
-        assert client.get("/elsewhere").status_code == 404  # Django's answer
-
-
-urlpatterns: list[object] = []
+def test_django_asgi_routes_a_prefix(tmp_path: Path) -> None:
+    db = tmp_path / "dashboard.sqlite3"
+    port = free_port()
+    command = [sys.executable, "-m", "uvicorn", "tests.apps.dashboard_django:application"]
+    for base in serve([*command, "--port", str(port), "--log-level", "warning"], db, port):
+        page = httpx.get(f"{base}/tasks/", timeout=10)
+        assert page.status_code == 200 and "<h1>Queues</h1>" in page.text
+        assert 'href="/tasks/workers"' in page.text
+        assert httpx.get(f"{base}/hello", timeout=10).text == "hello from django"
 
 
 def test_the_auth_hook_refuses_before_anything_else(broker: MemoryBroker) -> None:
