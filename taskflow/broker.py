@@ -676,12 +676,25 @@ class Broker(Transport):
         return [self._message_info(queue, r) for r in records]
 
     async def get_message(self, message_id: str) -> MessageInfo | None:
-        """Return the message ``message_id`` wherever it is (any queue, any state), or None."""
+        """Return the message ``message_id`` wherever it is (any queue, any state), or None.
+
+        Raises:
+            NotImplementedError: the broker cannot look everywhere (RabbitMQ
+                sees only the messages its own process holds in flight) and
+                did not find it.
+        """
         await self.connect()
+        unavailable: NotImplementedError | None = None
         for queue in await self.known_queues():
-            record = await self._locate(queue, message_id)
+            try:
+                record = await self._locate(queue, message_id)
+            except NotImplementedError as exc:  # a server that can look in part only
+                unavailable = exc
+                continue
             if record is not None:
                 return self._message_info(queue, record)
+        if unavailable is not None:
+            raise unavailable
         return None
 
     async def workers(self) -> list[WorkerInfo]:

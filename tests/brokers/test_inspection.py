@@ -10,20 +10,23 @@ import anyio
 import pytest
 
 from taskflow import Broker, Worker
+from taskflow.brokers.memory import MemoryBroker
+from taskflow.brokers.sqlite import SQLiteBroker
 from tests.brokers.test_contract import declare, eventually, take
 
 pytestmark = pytest.mark.anyio
 
-#: RabbitMQ cannot read a queue without consuming it: browse and get_message
-#: raise NotImplementedError there; its worker registry is per process.
+#: RabbitMQ cannot read a queue without consuming it: there browse lists only
+#: the messages in flight in this process, and its worker registry is per process.
 BROWSABLE = ("memory", "sqlite", "redis")
 
 
 @pytest.fixture(autouse=True)
 def _browsable(request: pytest.FixtureRequest) -> None:
     name = request.node.callspec.params.get("broker", "")
-    if name not in BROWSABLE and "worker" not in request.node.name:
-        pytest.skip(f"{name} does not browse its queues")
+    partial = ("worker", "in_flight", "unknown_state", "rabbitmq_says")
+    if name not in BROWSABLE and not any(p in request.node.name for p in partial):
+        pytest.skip(f"{name} does not browse ready, delayed or dead messages")
 
 
 def args_of(infos: list[Any]) -> list[int]:
@@ -124,3 +127,14 @@ async def test_a_dead_worker_expires(broker: Broker, queue: str) -> None:
         return "ghost" not in {w.id for w in await broker.workers()}
 
     await eventually(gone, timeout=5)
+
+
+async def test_rabbitmq_says_what_it_cannot_browse(broker: Broker, queue: str) -> None:
+    if isinstance(broker, (MemoryBroker, SQLiteBroker)) or "Redis" in type(broker).__name__:
+        pytest.skip("this broker browses every state")
+    echo = declare(broker, queue)
+    sent = await echo.send(1)
+    with pytest.raises(NotImplementedError, match="without consuming them"):
+        await broker.browse(queue, "ready")
+    with pytest.raises(NotImplementedError, match="without consuming them"):
+        await broker.get_message(sent.id)

@@ -23,12 +23,13 @@ from urllib.parse import urlsplit
 
 import anyio
 
+from taskflow._inspection import BrowseRecord, State
 from taskflow._transport import DeadRecord, Envelope, QueueStats, Receipt
 from taskflow._urls import mask_url
 from taskflow.broker import Broker
 from taskflow.brokers.rabbitmq._connection import FATAL, TRANSIENT, Link
 from taskflow.brokers.rabbitmq._consumer import Consumer, Deliveries, Plumbing
-from taskflow.brokers.rabbitmq._inspect import Inspector
+from taskflow.brokers.rabbitmq._inspect import UNBROWSABLE, Inspector
 from taskflow.brokers.rabbitmq._publisher import Publisher
 from taskflow.brokers.rabbitmq._topology import Declarer, QueueType, Topology
 from taskflow.errors import BrokerError, BrokerUnavailable
@@ -315,6 +316,17 @@ class RabbitMQBroker(Broker):
 
     async def _known_queues(self) -> list[str]:
         return list(self._declarer.ensured)
+
+    async def _browse(
+        self, queue: str, state: State, limit: int, offset: int
+    ) -> list[BrowseRecord]:
+        return self._inspector.browse(queue, state, limit, offset)
+
+    async def _locate(self, queue: str, message_id: str) -> BrowseRecord | None:
+        found = self._inspector.locate(queue, message_id)
+        if found is None:
+            raise NotImplementedError(UNBROWSABLE.format(state="ready, delayed or dead"))
+        return found
 
     # -- schedules ------------------------------------------------------------
     # RabbitMQ has no key look-up: fire times are claimed in the result

@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING
 import anyio
 from pamqp import commands as spec
 
+from taskflow._inspection import BrowseRecord, State, local_identity
 from taskflow._transport import DeadRecord, QueueStats
-from taskflow.brokers.rabbitmq._headers import dead_record
+from taskflow.brokers.rabbitmq._headers import dead_record, prior_deliveries
 
 if TYPE_CHECKING:
-    from aiormq.abc import AbstractChannel
+    from aiormq.abc import AbstractChannel, DeliveredMessage
 
     from taskflow.brokers.rabbitmq._connection import Link
     from taskflow.brokers.rabbitmq._consumer import Deliveries
@@ -25,6 +26,11 @@ if TYPE_CHECKING:
     from taskflow.brokers.rabbitmq._topology import Declarer, QueueNames, QueueType
 
 QUORUM_SETTLE = 0.1
+#: What RabbitMQ cannot show: it has no read of a queue that leaves it untouched.
+UNBROWSABLE = (
+    "RabbitMQ cannot list {state} messages without consuming them; only messages "
+    "in flight in this process are listed"
+)
 
 
 class Inspector:
@@ -155,3 +161,35 @@ class Inspector:
             return (await channel.queue_purge(names.dead)).message_count or 0
 
         return await self.link.call(purge, "purge dead letters")
+
+    # -- browsing: only what this process holds ---------------------------
+
+    def browse(self, queue: str, state: State, limit: int, offset: int) -> list[BrowseRecord]:
+        """In-flight messages of ``queue`` held by this process's consumers, oldest first.
+
+        Raises:
+            NotImplementedError: for any other state.
+        """
+        if state != "in_flight":
+            raise NotImplementedError(UNBROWSABLE.format(state=state))
+        self.deliveries.in_flight(queue)  # drops those of closed channels
+        held = list(self.deliveries.held.get(queue, {}).values())
+        return [self._record(m) for m in held[offset : offset + limit]]
+
+    def locate(self, queue: str, message_id: str) -> BrowseRecord | None:
+        """The message ``message_id`` if this process holds it in flight."""
+        self.deliveries.in_flight(queue)
+        for message in self.deliveries.held.get(queue, {}).values():
+            if message.header.properties.message_id == message_id:
+                return self._record(message)
+        return None
+
+    def _record(self, message: DeliveredMessage) -> BrowseRecord:
+        host, pid = local_identity()
+        return BrowseRecord(
+            message.header.properties.message_id or "",
+            message.body,
+            "in_flight",
+            delivery_count=prior_deliveries(message, self.queue_type) + 1,
+            lease_owner=f"{host}:{pid}",
+        )
