@@ -203,6 +203,18 @@ class Transport(ABC):
         start = int(cursor) if cursor else 0
         return log[start:], str(len(log))
 
+    def _cancel_lookups(self) -> bool:
+        """Whether :meth:`_was_cancelled` must be asked before a message runs.
+
+        True for a transport whose cancel signal can miss a worker that was
+        not listening when it was sent (RabbitMQ with a result backend).
+        """
+        return False
+
+    async def _was_cancelled(self, message_id: str) -> bool:
+        """Whether ``message_id`` was cancelled, looked up on the server (default: False)."""
+        return False
+
     async def _unique_claim(self, key: str, message_id: str, ttl: float) -> str | None:
         """Hold ``key`` for ``message_id`` for ``ttl`` s unless held; return the holder's id.
 

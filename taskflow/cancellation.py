@@ -64,10 +64,22 @@ class CancelWatch:
         self._cancelled: dict[str, None] = {}
         self._running: dict[str, _Stop] = {}
         self._cursor: str | None = None
+        #: Whether :meth:`look_up` must be awaited before a message runs.
+        self.lookups = broker._cancel_lookups()
 
     def check(self, message_id: str) -> None:
         """Raise :class:`Cancelled` when ``message_id`` was cancelled."""
         if message_id in self._cancelled:
+            raise Cancelled(f"message {message_id} was cancelled")
+
+    async def look_up(self, message_id: str) -> None:
+        """Raise :class:`Cancelled` when the transport's store says ``message_id`` was cancelled.
+
+        Only for transports whose signal can miss this worker
+        (``lookups``); the others are covered by :meth:`check`.
+        """
+        if await self.broker._was_cancelled(message_id):
+            self._add(message_id)
             raise Cancelled(f"message {message_id} was cancelled")
 
     def _add(self, message_id: str) -> None:

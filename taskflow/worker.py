@@ -524,6 +524,8 @@ class Worker:
     async def _call_actor(self, ctx: Context) -> Any:
         actor, message_id = ctx.actor, ctx.message.id
         self._cancels.check(message_id)
+        if self._cancels.lookups:
+            await self._cancels.look_up(message_id)
         if actor.is_async:
             return await self._cancels.run_async(message_id, actor.fn(*ctx.args, **ctx.kwargs))
         assert self._pool is not None

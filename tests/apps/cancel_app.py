@@ -1,7 +1,8 @@
 """Worker app for the cancel tests: long-running async and sync actors that leave markers.
 
-``TASKFLOW_TEST_CANCEL_REDIS`` / ``TASKFLOW_TEST_CANCEL_NAMESPACE`` choose a
-Redis broker, else ``TASKFLOW_TEST_CANCEL_SQLITE`` a SQLite one; results are
+``TASKFLOW_TEST_CANCEL_AMQP`` chooses a RabbitMQ broker with its results in
+Redis (``TASKFLOW_TEST_CANCEL_REDIS``), else ``TASKFLOW_TEST_CANCEL_REDIS`` /
+``TASKFLOW_TEST_CANCEL_NAMESPACE`` choose a Redis broker, else ``TASKFLOW_TEST_CANCEL_SQLITE`` a SQLite one; results are
 on. ``TASKFLOW_TEST_CANCEL_MARKERS`` is a directory where each actor writes
 ``<event>-<message id>`` files: ``started``, ``finished``, ``ran``.
 """
@@ -15,14 +16,21 @@ from pathlib import Path
 import anyio
 
 from taskflow import Broker, current_message
+from taskflow.brokers.rabbitmq import RabbitMQBroker
 from taskflow.brokers.redis import RedisBroker
 from taskflow.brokers.sqlite import SQLiteBroker
+from taskflow.results.redis import RedisResults
 
 MARKERS_ENV = "TASKFLOW_TEST_CANCEL_MARKERS"
 RUN_FOR = 30.0  # seconds the long actors run unless cancelled
 
 
 def _build() -> Broker:
+    amqp_url = os.environ.get("TASKFLOW_TEST_CANCEL_AMQP")
+    if amqp_url:
+        namespace = os.environ["TASKFLOW_TEST_CANCEL_NAMESPACE"]
+        results = RedisResults(os.environ["TASKFLOW_TEST_CANCEL_REDIS"], namespace=namespace)
+        return RabbitMQBroker(amqp_url, prefix=f"{namespace}.", results=results)
     redis_url = os.environ.get("TASKFLOW_TEST_CANCEL_REDIS")
     if redis_url:
         namespace = os.environ["TASKFLOW_TEST_CANCEL_NAMESPACE"]

@@ -16,8 +16,10 @@ import anyio
 import pytest
 
 from taskflow import Broker, ResultFailed, pipeline
+from taskflow.brokers.rabbitmq import RabbitMQBroker
 from taskflow.brokers.redis import RedisBroker
 from taskflow.brokers.sqlite import SQLiteBroker
+from taskflow.results.redis import RedisResults
 from tests.apps.cancel_app import MARKERS_ENV
 from tests.cli.procs import REPO
 
@@ -26,12 +28,16 @@ pytestmark = pytest.mark.slow
 APP = "tests.apps.cancel_app:broker"
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "rabbitmq"])
 def cancel_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
     markers = tmp_path / "markers"
     markers.mkdir()
     env = {MARKERS_ENV: str(markers)}
-    if request.param == "redis":
+    if request.param == "rabbitmq":
+        env["TASKFLOW_TEST_CANCEL_AMQP"] = request.getfixturevalue("amqp_url")
+        env["TASKFLOW_TEST_CANCEL_REDIS"] = request.getfixturevalue("redis_url")
+        env["TASKFLOW_TEST_CANCEL_NAMESPACE"] = f"cancel-{uuid.uuid4().hex[:8]}"
+    elif request.param == "redis":
         env["TASKFLOW_TEST_CANCEL_REDIS"] = request.getfixturevalue("redis_url")
         env["TASKFLOW_TEST_CANCEL_NAMESPACE"] = f"cancel-{uuid.uuid4().hex[:8]}"
     else:
@@ -40,6 +46,12 @@ def cancel_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]
 
 
 def _producer(env: dict[str, str]) -> Broker:
+    if "TASKFLOW_TEST_CANCEL_AMQP" in env:
+        namespace = env["TASKFLOW_TEST_CANCEL_NAMESPACE"]
+        results = RedisResults(env["TASKFLOW_TEST_CANCEL_REDIS"], namespace=namespace)
+        return RabbitMQBroker(
+            env["TASKFLOW_TEST_CANCEL_AMQP"], prefix=f"{namespace}.", results=results
+        )
     if "TASKFLOW_TEST_CANCEL_REDIS" in env:
         return RedisBroker(
             env["TASKFLOW_TEST_CANCEL_REDIS"],

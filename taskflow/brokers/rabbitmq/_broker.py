@@ -29,6 +29,7 @@ from taskflow._urls import mask_url
 from taskflow.broker import Broker
 from taskflow.brokers.rabbitmq._connection import FATAL, TRANSIENT, Link
 from taskflow.brokers.rabbitmq._consumer import Consumer, Deliveries, Plumbing
+from taskflow.brokers.rabbitmq._control import CancelFanout
 from taskflow.brokers.rabbitmq._inspect import UNBROWSABLE, Inspector
 from taskflow.brokers.rabbitmq._publisher import Publisher
 from taskflow.brokers.rabbitmq._topology import Declarer, QueueType, Topology
@@ -36,6 +37,8 @@ from taskflow.errors import BrokerError, BrokerUnavailable
 
 #: Seconds a schedule's last fire time is kept in the result backend.
 _LAST_TTL = 30 * 24 * 3600.0
+#: Result-backend key prefix of a cancelled message id.
+_CANCEL_KEY = "taskflow-cancel:"
 
 if TYPE_CHECKING:
     import ssl
@@ -205,6 +208,7 @@ class RabbitMQBroker(Broker):
         )
         self._plumbing = Plumbing(self._link, self._declarer, self._publisher, self._deliveries)
         self._checked_timeouts: set[str] = set()
+        self._fanout = CancelFanout(self._link, f"{self.prefix}taskflow.cancel")
 
     def _new_link(self, role: str) -> Link:
         return Link(
@@ -254,6 +258,7 @@ class RabbitMQBroker(Broker):
     async def _close(self) -> None:
         await self._deliveries.settle_grace()
         self._publisher.forget()
+        self._fanout.forget()
         self._declarer.reset()
         await self._publishing.close()
         await self._link.close()
@@ -347,6 +352,30 @@ class RabbitMQBroker(Broker):
             return await super()._last_fire(schedule)
         data = await self.results._get(f"taskflow-cron:{schedule}:last", 0)
         return None if data is None else int(data) / 1000
+
+    # -- cancellation and unique keys ----------------------------------------
+    # A cancellation is published to a fanout exchange that every worker's
+    # watch follows, and also stored in the result backend (when there is
+    # one) so that a worker that was not listening refuses the message when
+    # it comes. Unique keys are claimed atomically in the result backend
+    # (RabbitMQ has no key look-up); without one, only in this process.
+
+    def _cancel_lookups(self) -> bool:
+        return self.results is not None
+
+    async def _cancel(self, message_id: str, ttl: float) -> None:
+        if self.results is not None:
+            await self.results._put(_CANCEL_KEY + message_id, b"1", ttl)
+        await self._fanout.publish(message_id)
+
+    async def _cancellations(self, cursor: str | None) -> tuple[list[str], str | None]:
+        await self._fanout.follow()
+        return self._fanout.take(), cursor
+
+    async def _was_cancelled(self, message_id: str) -> bool:
+        if self.results is None:
+            return False
+        return await self.results._get(_CANCEL_KEY + message_id, 0) is not None
 
     # -- clean-up -------------------------------------------------------------
 
