@@ -178,6 +178,21 @@ class ResultBackend(ABC):
         """
         return await self._add(key, member, ttl)
 
+    async def claim(self, key: str, data: bytes, ttl: float) -> bytes | None:
+        """Store ``data`` under ``key`` for ``ttl`` seconds unless a value is there.
+
+        Atomic: of callers racing for a free key, one stores its data and
+        gets ``None``; the others get that data. Read the key with ``_get``.
+
+        Raises:
+            NotImplementedError: The backend has no atomic claim.
+        """
+        return await self._claim(key, data, ttl)
+
+    async def _claim(self, key: str, data: bytes, ttl: float) -> bytes | None:
+        """Store ``data`` under ``key`` unless present; see :meth:`claim`."""
+        raise NotImplementedError(f"{type(self).__name__} has no atomic claim")
+
     @abstractmethod
     async def _put(self, key: str, data: bytes, ttl: float) -> None:
         """Store ``data`` under ``key`` for ``ttl`` seconds, waking its waiters."""

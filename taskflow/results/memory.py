@@ -55,6 +55,13 @@ class MemoryResults(ResultBackend):
             return data
         return self._lookup(key)
 
+    async def _claim(self, key: str, data: bytes, ttl: float) -> bytes | None:
+        held = self._lookup(key)
+        if held is not None:
+            return held
+        await self._put(key, data, ttl)
+        return None
+
     async def _incr(self, key: str, ttl: float) -> int:
         now = time.monotonic()
         value, expires = self._counters.get(key, (0, now))

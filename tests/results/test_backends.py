@@ -183,6 +183,29 @@ async def test_incr_is_atomic_across_writers(pair: Pair) -> None:
     assert sorted(values) == list(range(1, 41))
 
 
+async def test_claim_is_atomic_across_writers_and_frees_after_its_ttl(pair: Pair) -> None:
+    a, b = pair
+    k = key()
+    held: list[bytes | None] = []
+
+    async def claim(backend: ResultBackend, i: int) -> None:
+        held.append(await backend.claim(k, str(i).encode(), 0.3))
+
+    async with anyio.create_task_group() as tg:
+        for i in range(20):
+            tg.start_soon(claim, a if i % 2 else b, i)
+    winners = [h for h in held if h is None]
+    assert len(winners) == 1  # one stored its data, the others got it back
+    winner = await a._get(k, 0)
+    assert winner is not None and all(h in (None, winner) for h in held)
+
+    async def freed() -> bool:
+        await anyio.sleep(0.35)
+        return await b.claim(k, b"later", 0.3) is None
+
+    await eventually(freed)
+
+
 async def test_incr_restarts_after_its_ttl(pair: Pair) -> None:
     a, b = pair
     k = key()

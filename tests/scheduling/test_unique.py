@@ -12,17 +12,23 @@ import pytest
 
 from taskflow import Broker, Worker
 from taskflow.brokers.memory import MemoryBroker
+from taskflow.brokers.rabbitmq import RabbitMQBroker
 from taskflow.brokers.redis import RedisBroker
 from taskflow.brokers.sqlite import SQLiteBroker
+from taskflow.results.redis import RedisResults
 
 RACERS = 4
 
 
 def _build(spec: tuple[str, str]) -> Broker:
     kind, where = spec
-    if kind == "redis":
+    if kind == "rabbitmq":
+        amqp, url, namespace = where.split("#")
+        results = RedisResults(url, namespace=namespace)
+        broker: Broker = RabbitMQBroker(amqp, prefix=f"{namespace}.", results=results)
+    elif kind == "redis":
         url, namespace = where.split("#")
-        broker: Broker = RedisBroker(url, namespace=namespace)
+        broker = RedisBroker(url, namespace=namespace)
     elif kind == "sqlite":
         broker = SQLiteBroker(where)
     else:
@@ -48,8 +54,11 @@ def _race(spec: tuple[str, str], start: Any, out: Any) -> None:
     out.put(anyio.run(send))
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "rabbitmq"])
 def spec(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
+    if request.param == "rabbitmq":
+        amqp, url = request.getfixturevalue("amqp_url"), request.getfixturevalue("redis_url")
+        return ("rabbitmq", f"{amqp}#{url}#unique-{uuid.uuid4().hex[:8]}")
     if request.param == "redis":
         url = request.getfixturevalue("redis_url")
         return ("redis", f"{url}#unique-{uuid.uuid4().hex[:8]}")
@@ -71,7 +80,10 @@ def test_racing_producers_get_one_message(spec: tuple[str, str]) -> None:
 
     async def count() -> int:
         async with _build(spec) as broker:
-            return (await broker.stats("default")).ready
+            ready = (await broker.stats("default")).ready
+            if isinstance(broker, RabbitMQBroker):
+                await broker.delete_queue("default")
+            return ready
 
     assert anyio.run(count) == 1  # and one was enqueued
 

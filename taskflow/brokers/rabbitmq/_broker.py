@@ -39,6 +39,8 @@ from taskflow.errors import BrokerError, BrokerUnavailable
 _LAST_TTL = 30 * 24 * 3600.0
 #: Result-backend key prefix of a cancelled message id.
 _CANCEL_KEY = "taskflow-cancel:"
+#: Result-backend key prefix of a unique key's holder.
+_UNIQUE_KEY = "taskflow-unique:"
 
 if TYPE_CHECKING:
     import ssl
@@ -376,6 +378,20 @@ class RabbitMQBroker(Broker):
         if self.results is None:
             return False
         return await self.results._get(_CANCEL_KEY + message_id, 0) is not None
+
+    async def _unique_claim(self, key: str, message_id: str, ttl: float) -> str | None:
+        if self.results is None:
+            return await super()._unique_claim(key, message_id, ttl)
+        held = await self.results.claim(_UNIQUE_KEY + key, message_id.encode(), ttl)
+        return None if held is None else held.decode()
+
+    async def _unique_release(self, key: str, message_id: str, ttl: float) -> None:
+        if self.results is None:
+            return await super()._unique_release(key, message_id, ttl)
+        name, holder = _UNIQUE_KEY + key, message_id.encode()
+        if await self.results._get(name, 0) == holder:
+            await self.results._put(name, holder, ttl)
+        return None
 
     # -- clean-up -------------------------------------------------------------
 

@@ -59,6 +59,15 @@ T = TypeVar("T")
 _REDIS_SOCKET_TIMEOUT = 5.0
 
 
+#: SET NX PX returning the value already held (nil when this call stored its own).
+_CLAIM = """
+local held = redis.call('GET', KEYS[1])
+if held then return held end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
+"""
+
+
 def _ms(ttl: float) -> int:
     return max(int(ttl * 1000), 1)
 
@@ -229,6 +238,16 @@ class RedisResults(ResultBackend):
         if socket_timeout is None:
             return None
         return max(float(socket_timeout) * 0.8, 0.05)
+
+    async def _claim(self, key: str, data: bytes, ttl: float) -> bytes | None:
+        record, ms = self._key(key), _ms(ttl)
+
+        async def claim() -> Any:
+            return await self.client.eval(_CLAIM, 1, record, data, ms)
+
+        held = await self._call("claim a key", claim)
+        # A repeated call whose first reply was lost finds its own data.
+        return None if held is None or bytes(held) == data else bytes(held)
 
     async def _incr(self, key: str, ttl: float) -> int:
         counter = f"{self.namespace}:counter:{key}"

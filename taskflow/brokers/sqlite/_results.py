@@ -61,6 +61,10 @@ class _Statements:
             "ON CONFLICT (key) DO UPDATE SET data = excluded.data, expires_at = excluded.expires_at"
         )
         self.get = f"SELECT data FROM {t} WHERE key = ? AND expires_at >= {NOW}"
+        self.claim = [
+            f"DELETE FROM {t} WHERE key = :key AND expires_at < {NOW}",
+            f"INSERT OR IGNORE INTO {t} (key, data, expires_at) VALUES (:key, :data, {NOW} + :ttl)",
+        ]
         self.incr = (
             f"INSERT INTO {t}_counters (key, value, expires_at) VALUES (?, 1, {NOW} + ?) "
             f"ON CONFLICT (key) DO UPDATE SET value = CASE WHEN expires_at < {NOW} THEN 1 "
@@ -195,6 +199,19 @@ class SQLiteResults(ResultBackend):
                 data = await self._lookup(key)
             return data
         return await self._lookup(key)
+
+    async def _claim(self, key: str, data: bytes, ttl: float) -> bytes | None:
+        params = {"key": key, "data": data, "ttl": ttl}
+
+        def claim(db: sqlite3.Connection) -> bytes | None:
+            for statement in self._sql.claim:
+                db.execute(statement, params)
+            row = db.execute(self._sql.get, (key,)).fetchone()
+            held = bytes(row[0])
+            return None if held == data else held
+
+        conn = await self._connection()
+        return await conn.commit(claim)
 
     async def _incr(self, key: str, ttl: float) -> int:
         def incr(db: sqlite3.Connection) -> int:
