@@ -15,6 +15,10 @@ _SCHEMES = {
     "sqlite": ("taskflow.brokers.sqlite", "SQLiteBroker", None),
     "redis": ("taskflow.brokers.redis", "RedisBroker", "redis"),
     "rediss": ("taskflow.brokers.redis", "RedisBroker", "redis"),
+    "redis+cluster": ("taskflow.brokers.redis", "RedisBroker", "redis"),
+    "rediss+cluster": ("taskflow.brokers.redis", "RedisBroker", "redis"),
+    "redis+sentinel": ("taskflow.brokers.redis", "RedisBroker", "redis"),
+    "rediss+sentinel": ("taskflow.brokers.redis", "RedisBroker", "redis"),
     "amqp": ("taskflow.brokers.rabbitmq", "RabbitMQBroker", "rabbitmq"),
     "amqps": ("taskflow.brokers.rabbitmq", "RabbitMQBroker", "rabbitmq"),
 }
@@ -35,7 +39,8 @@ def mask_url(url: str) -> str:
 def broker_from_url(url: str, **options: Any) -> Broker:
     """Build a broker from a URL.
 
-    ``memory://``, ``sqlite:///path``, ``redis://`` / ``rediss://`` and
+    ``memory://``, ``sqlite:///path``, ``redis://`` / ``rediss://`` (with
+    ``+cluster`` or ``+sentinel``: ``redis+cluster://h1:p1,h2:p2/0``) and
     ``amqp://`` / ``amqps://`` are understood; ``options`` go to the broker.
 
     Raises:

@@ -77,11 +77,13 @@ from taskflow._urls import mask_url
 from taskflow.broker import GROWTH_ALLOWANCE, Broker
 from taskflow.brokers.redis import _inspect, _scripts
 from taskflow.brokers.redis._connection import (
-    async_client,
+    NotReplicated,
+    async_target_client,
     client_options,
     is_full,
     is_outage,
     outage_kind,
+    parse_target,
 )
 from taskflow.brokers.redis._keeper import Keeper, LeaseTable
 from taskflow.brokers.redis._keys import Keys
@@ -156,7 +158,12 @@ class RedisBroker(Broker):
 
     Args:
         url: ``redis://[user:password@]host:port/db`` or ``rediss://`` for TLS
-            (certificate and host name verified).
+            (certificate and host name verified); ``redis+cluster://h1:p1,h2:p2/0``
+            for a Redis Cluster (any reachable nodes as seeds); and
+            ``redis+sentinel://s1:26379,s2:26379/mymaster/0`` for the master that
+            the sentinels name (``rediss+...`` for TLS to the data nodes).
+            One namespace lives on one Cluster shard (its keys share the hash
+            tag ``{namespace}``); spread load with several namespaces.
         namespace: Prefix of every key; brokers in different namespaces share nothing.
         visibility_timeout: Seconds a fetched message stays leased to its
             consumer without a heartbeat; a dead worker's messages come back
@@ -177,7 +184,13 @@ class RedisBroker(Broker):
             waits of idle consumers and the heartbeat thread have their own);
             beyond that, callers wait for a free one, within ``send_timeout``.
         redis_options: Extra keyword arguments for the redis-py clients (for
-            example ``ssl_ca_certs``).
+            example ``ssl_ca_certs``; ``sentinel_kwargs`` for the sentinels' own).
+        cluster: Treat a ``redis://`` URL as a seed node of a Redis Cluster.
+        wait_replicas: With ``n > 0``, ``send`` returns only once ``n`` replicas
+            acknowledged the message (Redis ``WAIT``); until then it retries,
+            within ``send_timeout``, and then raises ``BrokerUnavailable``.
+            Narrows, but does not close, the window in which a failover loses
+            an acknowledged send (``WAIT`` is not a consensus protocol).
         **options: Passed to :class:`taskflow.Broker` (``max_deliveries``,
             ``dead_letter_ttl``, ``results``, ...).
     """
@@ -196,9 +209,17 @@ class RedisBroker(Broker):
         idle_timeout: float = 2.0,
         max_connections: int = 64,
         redis_options: dict[str, Any] | None = None,
+        cluster: bool = False,
+        wait_replicas: int = 0,
         **options: Any,
     ) -> None:
         self.url = url
+        self.target = parse_target(url, cluster=cluster)
+        if wait_replicas < 0:
+            raise ValueError("wait_replicas must be 0 or more")
+        if wait_replicas and self.target.kind == "cluster":
+            raise ValueError("wait_replicas is not supported on a Redis Cluster")
+        self.wait_replicas = wait_replicas
         self.namespace = namespace
         self._keys = Keys(namespace)
         self.visibility_timeout = seconds(visibility_timeout)
@@ -242,12 +263,13 @@ class RedisBroker(Broker):
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> Self:
-        """Build from ``redis://`` or ``rediss://``."""
+        """Build from ``redis://``, ``rediss://``, ``redis+cluster://`` or ``redis+sentinel://``."""
         return cls(url, **options)
 
     def _default_results(self) -> ResultBackend:
         return RedisResults(
             self.url,
+            cluster=self.target.kind == "cluster",
             namespace=self.namespace,
             socket_timeout=self.socket_timeout,
             connect_timeout=self.connect_timeout,
@@ -263,7 +285,7 @@ class RedisBroker(Broker):
 
     def _client_options(self) -> dict[str, Any]:
         return client_options(
-            self.url,
+            self.target.url,
             socket_timeout=self.socket_timeout,
             connect_timeout=self.connect_timeout,
             extra=self._redis_options,
@@ -271,12 +293,12 @@ class RedisBroker(Broker):
 
     async def _connect(self) -> None:
         options = self._client_options()
-        self._client = async_client(
-            self.url, options, max_connections=self.max_connections, wait=self.send_timeout
+        self._client = async_target_client(
+            self.target, options, max_connections=self.max_connections, wait=self.send_timeout
         )
         # Blocking reads wait up to idle_timeout; their socket timeout must be longer.
-        self._blocking = async_client(
-            self.url, {**options, "socket_timeout": self.socket_timeout + self.idle_timeout}
+        self._blocking = async_target_client(
+            self.target, {**options, "socket_timeout": self.socket_timeout + self.idle_timeout}
         )
         self._scripts = {name: self._client.register_script(src) for name, src in _SCRIPTS.items()}
         self._consumer_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
@@ -289,6 +311,11 @@ class RedisBroker(Broker):
 
     async def _load_scripts(self) -> None:
         assert self._client is not None
+        if self.target.kind == "cluster":
+            # SCRIPT LOAD goes to every primary; a pipeline would pick one node.
+            for script in self._scripts.values():
+                await self._client.script_load(script.script)
+            return
         async with self._client.pipeline(transaction=False) as pipe:
             for script in self._scripts.values():
                 pipe.script_load(script.script)
@@ -296,6 +323,8 @@ class RedisBroker(Broker):
 
     async def _check_server(self) -> None:
         assert self._client is not None
+        if self.target.kind == "cluster":
+            return  # CONFIG and INFO answer per node there
         try:
             config: dict[Any, Any] = await self._client.config_get("maxmemory-policy")
         except redis.RedisError as exc:
@@ -390,9 +419,9 @@ class RedisBroker(Broker):
         return is_outage(exc)
 
     def _forget_idle(self) -> None:
-        client = self._client
-        if client is not None and self._forgetting is None:
-            forget = client.connection_pool.disconnect(inuse_connections=False)
+        pool = getattr(self._client, "connection_pool", None)  # a Cluster has one per node
+        if pool is not None and self._forgetting is None:
+            forget = pool.disconnect(inuse_connections=False)
             self._forgetting = asyncio.ensure_future(forget)
             self._forgetting.add_done_callback(self._forgot)
 
@@ -433,7 +462,7 @@ class RedisBroker(Broker):
         await self._retrying("send", lambda: self._send_chunks(keys, chunks))
 
     async def _send_chunks(self, keys: list[str], chunks: list[list[Any]]) -> None:
-        if len(chunks) == 1:
+        if len(chunks) == 1 and not self.wait_replicas:
             await self._script("enqueue", keys, chunks[0])
             return
         # One round trip: the scripts are pipelined, not wrapped in MULTI.
@@ -443,13 +472,28 @@ class RedisBroker(Broker):
             async with self._client.pipeline(transaction=False) as pipe:
                 for args in chunks:
                     pipe.evalsha(sha, len(keys), *keys, *args)
+                if self.wait_replicas:
+                    # WAIT counts the writes of its own connection: same pipeline.
+                    wait_ms = max(1, _ms(self.socket_timeout / 2))
+                    pipe.execute_command("WAIT", self.wait_replicas, wait_ms)
                 try:
-                    await pipe.execute()
+                    answers = await pipe.execute()
+                    self._check_replicas(answers)
                     return
                 except redis.exceptions.NoScriptError:
                     if attempt:
                         raise
             await self._load_scripts()  # the server restarted without its script cache
+
+    def _check_replicas(self, answers: list[Any]) -> None:
+        """Raise ``NotReplicated`` (an outage: the send is repeated) if ``WAIT`` fell short.
+
+        Repeating is safe: the enqueue script skips ids it already holds.
+        """
+        if self.wait_replicas and int(answers[-1]) < self.wait_replicas:
+            raise NotReplicated(
+                f"{answers[-1]} of {self.wait_replicas} replica(s) acknowledged the message"
+            )
 
     # -- consuming ----------------------------------------------------------
 
@@ -457,7 +501,7 @@ class RedisBroker(Broker):
         if self._keeper is not None and self._keeper.is_alive():
             return
         self._keeper = Keeper(
-            url=self.url,
+            target=self.target,
             client_options=self._client_options(),
             keys=self._keys,
             tables=self._tables,

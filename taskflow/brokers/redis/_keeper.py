@@ -33,7 +33,13 @@ import redis
 
 from taskflow._retrying import Outage
 from taskflow.brokers.redis import _scripts
-from taskflow.brokers.redis._connection import is_full, is_outage, outage_kind, sync_client
+from taskflow.brokers.redis._connection import (
+    Target,
+    is_full,
+    is_outage,
+    outage_kind,
+    sync_target_client,
+)
 
 if TYPE_CHECKING:
     from taskflow.brokers.redis._keys import Keys
@@ -97,7 +103,7 @@ class Keeper:
     """Renews this process's leases and runs the namespace's reaper, in a thread.
 
     Args:
-        url: Redis URL.
+        target: Where Redis is (one server, a Cluster, a Sentinel master).
         client_options: Options for the blocking client.
         keys: The namespace's key layout.
         tables: The broker's lease tables by queue name (read, never changed, here).
@@ -111,7 +117,7 @@ class Keeper:
     def __init__(
         self,
         *,
-        url: str,
+        target: Target,
         client_options: dict[str, Any],
         keys: Keys,
         tables: dict[str, LeaseTable],
@@ -121,7 +127,7 @@ class Keeper:
         dead_letter_ttl_ms: int,
         where: str,
     ) -> None:
-        self._url = url
+        self._target = target
         self._client_options = client_options
         self._keys = keys
         self._tables = tables
@@ -174,7 +180,7 @@ class Keeper:
 
     def _run(self) -> None:
         try:
-            client = sync_client(self._url, self._client_options)
+            client = sync_target_client(self._target, self._client_options)
         except Exception:
             logger.exception("the lease heartbeat could not start")
             return

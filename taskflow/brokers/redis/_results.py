@@ -43,10 +43,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from taskflow._retrying import GaveUp, Outage, retrying
 from taskflow._urls import mask_url
 from taskflow.brokers.redis._connection import (
-    async_client,
+    async_target_client,
     client_options,
     is_outage,
     outage_kind,
+    parse_target,
 )
 from taskflow.errors import BrokerError, BrokerUnavailable
 from taskflow.results import ResultBackend
@@ -76,9 +77,12 @@ class RedisResults(ResultBackend):
     """Result backend in Redis.
 
     Args:
-        url: ``redis://`` or ``rediss://`` URL of the server.
+        url: ``redis://`` or ``rediss://`` URL of the server, or a
+            ``redis+cluster://`` / ``redis+sentinel://`` URL as for the
+            :class:`~taskflow.brokers.redis.RedisBroker` (each result's keys
+            share the hash tag ``{<id>}``, so results spread over a Cluster).
         namespace: Prefix of every key this backend writes.
-        client: An existing ``redis.asyncio.Redis`` client to use instead of
+        client: An existing ``redis.asyncio.Redis`` (or ``RedisCluster``) client to use instead of
             ``url`` (it is not closed by :meth:`close`).
         max_connections: Connections this backend opens at most; beyond
             that, calls wait for a free connection instead of failing (a
@@ -89,6 +93,7 @@ class RedisResults(ResultBackend):
             is unreachable or full, before it raises ``BrokerUnavailable``.
         redis_options: Extra keyword arguments for the redis-py client (for
             example ``ssl_ca_certs``), as for the ``RedisBroker``.
+        cluster: Treat a ``redis://`` URL as a seed node of a Redis Cluster.
     """
 
     def __init__(
@@ -102,8 +107,10 @@ class RedisResults(ResultBackend):
         connect_timeout: float = 5.0,
         retry_timeout: float = 30.0,
         redis_options: dict[str, Any] | None = None,
+        cluster: bool = False,
     ) -> None:
         self.url = url
+        self.target = parse_target(url, cluster=cluster)
         self.max_connections = max_connections
         self.namespace = namespace
         self.socket_timeout = socket_timeout
@@ -123,13 +130,13 @@ class RedisResults(ResultBackend):
         """The Redis client, created on first use."""
         if self._client is None:
             options = client_options(
-                self.url,
+                self.target.url,
                 socket_timeout=self.socket_timeout,
                 connect_timeout=self.connect_timeout,
                 extra=self._redis_options,
             )
-            self._client = async_client(
-                self.url, options, max_connections=self.max_connections, wait=self.retry_timeout
+            self._client = async_target_client(
+                self.target, options, max_connections=self.max_connections, wait=self.retry_timeout
             )
         return self._client
 
@@ -233,8 +240,10 @@ class RedisResults(ResultBackend):
 
     def _longest_block(self) -> float | None:
         """Seconds one blocking call may last: under the socket timeout, if there is one."""
-        kwargs = self.client.connection_pool.connection_kwargs
-        socket_timeout = kwargs.get("socket_timeout", _REDIS_SOCKET_TIMEOUT)
+        pool = getattr(self.client, "connection_pool", None)  # a Cluster has one per node
+        if pool is None:
+            return max(self.socket_timeout * 0.8, 0.05)
+        socket_timeout = pool.connection_kwargs.get("socket_timeout", _REDIS_SOCKET_TIMEOUT)
         if socket_timeout is None:
             return None
         return max(float(socket_timeout) * 0.8, 0.05)
