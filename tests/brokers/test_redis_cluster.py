@@ -168,6 +168,7 @@ async def test_namespaces_spread_over_the_shards(
             await tg.start(Worker(b, concurrency=4, queues=["q"]).run)
             await b.join("q", timeout=30)
             tg.cancel_scope.cancel()
+        await b.close()
     assert counts == dict.fromkeys(per_node.values(), 50)
     assert len(set(per_node)) == 3
 

@@ -474,7 +474,7 @@ class RedisBroker(Broker):
                     pipe.evalsha(sha, len(keys), *keys, *args)
                 if self.wait_replicas:
                     # WAIT counts the writes of its own connection: same pipeline.
-                    wait_ms = max(1, _ms(self.socket_timeout / 2))
+                    wait_ms = max(1, _ms(min(1.0, self.socket_timeout / 2)))
                     pipe.execute_command("WAIT", self.wait_replicas, wait_ms)
                 try:
                     answers = await pipe.execute()

@@ -242,7 +242,11 @@ def async_target_client(
         list(target.nodes), sentinel_kwargs=_sentinel_kwargs(options)
     )
     return sentinel.master_for(
-        target.service, db=target.db, retry=AsyncRetry(NoBackoff(), 0), **kwargs
+        target.service,
+        redis_class=_AsyncSentinelMaster,
+        db=target.db,
+        retry=AsyncRetry(NoBackoff(), 0),
+        **kwargs,
     )
 
 
@@ -261,8 +265,32 @@ def sync_target_client(target: Target, options: dict[str, Any]) -> Any:
         list(target.nodes), sentinel_kwargs=_sentinel_kwargs(options)
     )
     return sentinel.master_for(  # type: ignore[no-untyped-call]
-        target.service, db=target.db, retry=Retry(NoBackoff(), 0), **kwargs
+        target.service,
+        redis_class=_SentinelMaster,
+        db=target.db,
+        retry=Retry(NoBackoff(), 0),
+        **kwargs,
     )
+
+
+class _AsyncSentinelMaster(redis.asyncio.Redis):
+    """A ``master_for`` client that also closes its connections to the sentinels."""
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        """Close the master's pool, then the sentinels' clients."""
+        await super().aclose(close_connection_pool)
+        for sentinel in self.connection_pool.sentinel_manager.sentinels:  # type: ignore[attr-defined]
+            await sentinel.aclose()
+
+
+class _SentinelMaster(redis.Redis):
+    """The blocking ``master_for`` client, closing its sentinels' clients too."""
+
+    def close(self) -> None:
+        """Close the master's pool, then the sentinels' clients."""
+        super().close()
+        for sentinel in self.connection_pool.sentinel_manager.sentinels:  # type: ignore[attr-defined]
+            sentinel.close()
 
 
 def _sentinel_kwargs(options: dict[str, Any]) -> dict[str, Any]:
