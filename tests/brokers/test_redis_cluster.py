@@ -20,7 +20,7 @@ from taskflow import Worker, broker_from_url
 from taskflow.brokers.redis import RedisBroker
 from taskflow.brokers.redis._connection import parse_target
 from tests.apps.redis_app import LEDGER_ENV, NAMESPACE_ENV, OPTIONS_ENV, URL_ENV, build, tally_ids
-from tests.apps.redis_rigs import ClusterRig, client, cmd
+from tests.apps.redis_rigs import ClusterRig, client, cmd, collect_leaks
 from tests.cli.procs import WorkerCli
 
 # -- URLs (no server) ---------------------------------------------------------
@@ -72,6 +72,12 @@ def test_broker_from_url_understands_the_schemes() -> None:
 
 
 # -- on a real cluster ---------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _no_leaks_left() -> Iterator[None]:
+    yield
+    collect_leaks()
 
 
 @pytest.fixture(scope="module")

@@ -29,10 +29,16 @@ from tests.apps.redis_app import (
     build,
     tally_ids,
 )
-from tests.apps.redis_rigs import SentinelRig, client, cmd
+from tests.apps.redis_rigs import SentinelRig, client, cmd, collect_leaks
 from tests.cli.procs import WorkerCli
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+
+@pytest.fixture(autouse=True)
+def _no_leaks_left() -> Iterator[None]:
+    yield
+    collect_leaks()
 
 
 @pytest.fixture
