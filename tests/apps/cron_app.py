@@ -3,6 +3,8 @@
 Configured by environment variables so that ``taskflow worker
 tests.apps.cron_app:broker`` runs it in real worker processes:
 
+* ``TASKFLOW_TEST_CRON_AMQP`` with ``TASKFLOW_TEST_CRON_REDIS``: a RabbitMQ
+  broker whose result backend (where fire times are claimed) is Redis;
 * ``TASKFLOW_TEST_CRON_REDIS`` / ``TASKFLOW_TEST_CRON_NAMESPACE``: a Redis
   broker on that URL and namespace; otherwise
 * ``TASKFLOW_TEST_CRON_SQLITE``: a SQLite broker on that file;
@@ -17,8 +19,10 @@ import sqlite3
 from contextlib import closing
 
 from taskflow import Broker, current_message
+from taskflow.brokers.rabbitmq import RabbitMQBroker
 from taskflow.brokers.redis import RedisBroker
 from taskflow.brokers.sqlite import SQLiteBroker
+from taskflow.results.redis import RedisResults
 
 LEDGER_ENV = "TASKFLOW_TEST_CRON_LEDGER"
 EVERY = 2  # seconds between fire times
@@ -38,6 +42,11 @@ def runs(path: str) -> list[tuple[str, float, int]]:
 
 def _build() -> Broker:
     redis_url = os.environ.get("TASKFLOW_TEST_CRON_REDIS")
+    amqp_url = os.environ.get("TASKFLOW_TEST_CRON_AMQP")
+    if amqp_url and redis_url:
+        namespace = os.environ["TASKFLOW_TEST_CRON_NAMESPACE"]
+        results = RedisResults(redis_url, namespace=namespace)
+        return RabbitMQBroker(amqp_url, prefix=f"{namespace}.", results=results)
     if redis_url:
         namespace = os.environ["TASKFLOW_TEST_CRON_NAMESPACE"]
         return RedisBroker(redis_url, namespace=namespace)

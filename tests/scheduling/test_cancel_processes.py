@@ -90,6 +90,8 @@ async def producer(cancel_env: dict[str, str]) -> AsyncIterator[Broker]:
         broker.actor(name=actor.name, **actor.options)(actor.fn)
     async with broker:
         yield broker
+        if isinstance(broker, RabbitMQBroker):
+            await broker.delete_queue("default")
 
 
 async def _marker(markers: Path, name: str, timeout: float) -> None:

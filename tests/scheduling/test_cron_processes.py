@@ -44,9 +44,13 @@ def _fire_times(ledger: str) -> Counter[int]:
     return Counter(math.floor(enqueued / EVERY) * EVERY for _, enqueued, _ in runs(ledger))
 
 
-def _env(broker: str, tmp_path: Path, redis_url: str | None) -> dict[str, str]:
+def _env(
+    broker: str, tmp_path: Path, redis_url: str | None, amqp_url: str | None = None
+) -> dict[str, str]:
     env = {LEDGER_ENV: str(tmp_path / "ledger.db")}
-    if broker == "redis":
+    if amqp_url is not None:
+        env["TASKFLOW_TEST_CRON_AMQP"] = amqp_url
+    if broker in ("redis", "rabbitmq"):
         assert redis_url is not None
         env["TASKFLOW_TEST_CRON_REDIS"] = redis_url
         env["TASKFLOW_TEST_CRON_NAMESPACE"] = f"cron-{uuid.uuid4().hex[:8]}"
@@ -55,10 +59,13 @@ def _env(broker: str, tmp_path: Path, redis_url: str | None) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "rabbitmq"])
 def cron_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
-    redis_url = request.getfixturevalue("redis_url") if request.param == "redis" else None
-    return _env(request.param, tmp_path, redis_url)
+    # RabbitMQ claims fire times in its result backend: RedisResults here.
+    kind = request.param
+    redis_url = request.getfixturevalue("redis_url") if kind != "sqlite" else None
+    amqp_url = request.getfixturevalue("amqp_url") if kind == "rabbitmq" else None
+    return _env(kind, tmp_path, redis_url, amqp_url)
 
 
 def test_three_workers_fire_each_time_once_and_survive_a_kill(

@@ -89,9 +89,15 @@ def test_racing_producers_get_one_message(spec: tuple[str, str]) -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("kind", ["memory", "sqlite"])
-async def test_key_held_while_queued_and_for_unique_ttl_after(kind: str, tmp_path: Path) -> None:
-    broker = _build((kind, str(tmp_path / "u.db")))
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "rabbitmq"])
+async def test_key_held_while_queued_and_for_unique_ttl_after(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    where = str(tmp_path / "u.db")
+    if kind == "rabbitmq":  # keys in the result backend (RedisResults)
+        amqp, url = request.getfixturevalue("amqp_url"), request.getfixturevalue("redis_url")
+        where = f"{amqp}#{url}#unique-{uuid.uuid4().hex[:8]}"
+    broker = _build((kind, where))
     job = broker.actors["job"]
     async with broker:
         first = await job.send_with_options(args=(1,), unique_key="k", unique_ttl=0.5)
@@ -109,3 +115,5 @@ async def test_key_held_while_queued_and_for_unique_ttl_after(kind: str, tmp_pat
         fresh = await job.send_with_options(args=(3,), unique_key="k")
         assert fresh.id != first.id
         assert (await broker.stats("default")).ready == 1
+        if isinstance(broker, RabbitMQBroker):
+            await broker.delete_queue("default")
