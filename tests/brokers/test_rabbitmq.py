@@ -27,7 +27,7 @@ from tests.apps.rabbitmq_app import (
     rabbitmqctl,
     server_lock,
 )
-from tests.brokers.test_contract import take
+from tests.brokers.test_contract import nothing_within, take
 
 pytestmark = pytest.mark.anyio
 
@@ -539,8 +539,13 @@ async def test_consumer_timeout_is_checked_against_time_limits(
 
     async with broker:
         with caplog.at_level(logging.WARNING, "taskflow.brokers.rabbitmq"):
-            with anyio.move_on_after(0.5):
-                await take(broker, queue, 1, timeout=5)
+            # The warning comes when the consumer starts; stop consuming once it is logged.
+            with anyio.move_on_after(15):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(nothing_within, broker, queue, 14.0)
+                    while "consumer_timeout < time_limit" not in caplog.text:
+                        await anyio.sleep(0.05)
+                    tg.cancel_scope.cancel()
         assert "consumer_timeout < time_limit" in caplog.text and "20 s" in caplog.text
         broker._link.server_version = (3, 12, 0)
         assert broker._consumer_arguments(queue, broker._longest_time_limit(queue)) == {
