@@ -15,7 +15,7 @@ import datetime as dt
 import hashlib
 import logging
 import os
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, Self, TypeVar, overload
 
@@ -23,16 +23,9 @@ import anyio
 import msgspec
 
 from taskflow import _sync
-from taskflow._inspection import (
-    STATES,
-    BrowseRecord,
-    MessageInfo,
-    State,
-    WorkerInfo,
-    decode_record,
-    when,
-    worker_info,
-)
+from taskflow._delivery import GROWTH_ALLOWANCE, Delivery
+from taskflow._inspecting import DeadLetter, Inspecting
+from taskflow._inspection import MessageInfo, WorkerInfo
 from taskflow._time import seconds, utcnow
 from taskflow._transport import DeadRecord, Envelope, QueueStats, Receipt, Transport
 from taskflow.actor import Actor
@@ -78,98 +71,7 @@ R = TypeVar("R")
 logger = logging.getLogger("taskflow.broker")
 
 DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
-#: Bytes a message may grow by after it was sent, and still be delivered: what a
-#: retry or a deferral adds (its eta, its retry count, the first attempt's trace
-#: context) is a few dozen bytes, whatever the number of attempts. Sends are held
-#: to ``max_message_size``, deliveries to ``max_message_size + GROWTH_ALLOWANCE``.
-GROWTH_ALLOWANCE = 1024
 DEFAULT_DEAD_LETTER_TTL = 7 * 24 * 3600.0
-
-
-class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
-    """A dead-lettered message: the decoded message when it decodes, the raw body always."""
-
-    id: str
-    message: Message[Any] | None
-    body: bytes
-    reason: str
-    dead_at: dt.datetime
-
-
-class Delivery:
-    """One message handed to a consumer, with the means to settle it.
-
-    Attributes:
-        message: The decoded message.
-        queue: The queue it came from.
-        settled: Whether ``ack``, ``nack``, ``retry``, ``requeue`` or ``defer`` was called.
-    """
-
-    __slots__ = ("_broker", "_receipt", "message", "queue", "settled")
-
-    def __init__(self, broker: Broker, queue: str, message: Message[Any], receipt: Receipt) -> None:
-        self._broker = broker
-        self._receipt = receipt
-        self.message = message
-        self.queue = queue
-        self.settled = False
-
-    @property
-    def delivery_count(self) -> int:
-        """How many times the server has delivered this message, this time included."""
-        return self._receipt.delivery_count
-
-    @property
-    def redelivered(self) -> bool:
-        """Whether the message was delivered before (after a crash, shutdown or lost lease)."""
-        return self._receipt.delivery_count > 1
-
-    async def ack(self) -> None:
-        """Acknowledge the message: it is done and leaves the broker."""
-        if not self.settled:
-            self.settled = True
-            await self._receipt.ack()
-
-    async def nack(self, reason: str) -> None:
-        """Send the message to dead letters with ``reason``."""
-        if not self.settled:
-            self.settled = True
-            await self._receipt.dead_letter(reason)
-
-    async def retry(self, delay: float = 0.0) -> None:
-        """Schedule the message again after ``delay`` seconds with its retry count raised.
-
-        A message that grew past what a delivery accepts (options added by
-        middleware at every attempt, say) goes to dead letters instead.
-        """
-        if not self.settled:
-            eta = utcnow() + dt.timedelta(seconds=delay) if delay > 0 else None
-            message = msgspec.structs.replace(
-                self.message, retries=self.message.retries + 1, eta=eta
-            )
-            body = self._broker.codec.encode(message)
-            limit = self._broker.max_message_size + GROWTH_ALLOWANCE
-            if len(body) > limit:
-                await self.nack(f"too_large: {len(body)} bytes after a retry, over {limit}")
-                return
-            self.settled = True
-            await self._receipt.retry(body, max(delay, 0.0))
-
-    async def start(self) -> bool:
-        """Tell the transport the message is about to run; False: its lease is lost, skip it."""
-        return await self._receipt.start()
-
-    async def requeue(self) -> None:
-        """Hand the message back unchanged (shutdown, cancellation); no retry is counted."""
-        if not self.settled:
-            self.settled = True
-            await self._receipt.requeue()
-
-    async def defer(self, delay: float) -> None:
-        """Put the message back for ``delay`` seconds, counting neither a retry nor this delivery."""
-        if not self.settled:
-            self.settled = True
-            await self._receipt.defer(max(delay, 0.0))
 
 
 class _ActorDecorator(Protocol):
@@ -187,7 +89,7 @@ def _checked(middleware: Sequence[object]) -> list[Middleware]:
     return [m for m in middleware if isinstance(m, Middleware)]
 
 
-class Broker(Transport):
+class Broker(Inspecting):
     """Base class of every broker: actor registry, middleware, codec and the contract.
 
     Args:
@@ -594,148 +496,6 @@ class Broker(Transport):
         await receipt.dead_letter(reason)
         await store_refusal(self.results, receipt.message_id, reason)
         return None
-
-    # -- inspection ---------------------------------------------------------
-
-    async def stats(self, queue: str) -> QueueStats:
-        """Return the counts of ``queue``: ready, delayed, in flight and dead."""
-        await self.connect()
-        return await self._stats(queue)
-
-    async def dead_letters(self, queue: str, *, limit: int = 100) -> list[DeadLetter]:
-        """Return up to ``limit`` dead letters of ``queue``, oldest first."""
-        await self.connect()
-        letters = []
-        for record in await self._dead_letters(queue, limit):
-            try:
-                message: Message[Any] | None = self.codec.decode(record.body)
-            except DecodeError:
-                message = None
-            letters.append(
-                DeadLetter(
-                    id=record.id,
-                    message=message,
-                    body=record.body,
-                    reason=record.reason,
-                    dead_at=dt.datetime.fromtimestamp(record.dead_at, dt.UTC),
-                )
-            )
-        return letters
-
-    async def requeue_dead(self, queue: str, ids: Iterable[str] | None = None) -> int:
-        """Move dead letters (all, or those with ``ids``) back to the queue; return how many."""
-        await self.connect()
-        return await self._requeue_dead(queue, None if ids is None else list(ids))
-
-    async def purge(self, queue: str) -> int:
-        """Delete the ready and delayed messages of ``queue``; return how many."""
-        await self.connect()
-        return await self._purge(queue)
-
-    async def purge_dead(self, queue: str) -> int:
-        """Delete the dead letters of ``queue``; return how many."""
-        await self.connect()
-        return await self._purge_dead(queue)
-
-    async def join(self, queue: str, *, timeout: float | dt.timedelta | None = None) -> None:
-        """Wait until ``queue`` has nothing ready, delayed or in flight.
-
-        Raises:
-            JoinTimeout: ``timeout`` seconds passed first.
-        """
-        limit = None if timeout is None else seconds(timeout)
-        interval = 0.005
-        with anyio.move_on_after(limit) as scope:
-            while True:
-                s = await self.stats(queue)
-                if s.ready == 0 and s.delayed == 0 and s.in_flight == 0:
-                    return
-                await anyio.sleep(interval)
-                interval = min(interval * 1.5, 0.1)
-        if scope.cancelled_caught:
-            raise JoinTimeout(f"queue {queue!r} did not drain within {limit} s")
-
-    async def browse(
-        self, queue: str, state: State = "ready", limit: int = 50, offset: int = 0
-    ) -> list[MessageInfo]:
-        """Return up to ``limit`` messages of ``queue`` in ``state``, after ``offset``.
-
-        ``state`` is ``ready`` (in delivery order), ``delayed`` (due first),
-        ``in_flight`` (by lease expiry) or ``dead`` (newest first). The cost
-        grows with ``offset + limit``, not with the queue's length.
-
-        Raises:
-            ValueError: an unknown state, or a negative limit or offset.
-        """
-        if state not in STATES:
-            raise ValueError(f"unknown state {state!r}: one of {', '.join(STATES)}")
-        if limit < 0 or offset < 0:
-            raise ValueError("limit and offset must not be negative")
-        await self.connect()
-        records = await self._browse(queue, state, limit, offset) if limit else []
-        return [self._message_info(queue, r) for r in records]
-
-    async def get_message(self, message_id: str) -> MessageInfo | None:
-        """Return the message ``message_id`` wherever it is (any queue, any state), or None.
-
-        Raises:
-            NotImplementedError: the broker cannot look everywhere (RabbitMQ
-                sees only the messages its own process holds in flight) and
-                did not find it.
-        """
-        await self.connect()
-        unavailable: NotImplementedError | None = None
-        for queue in await self.known_queues():
-            try:
-                record = await self._locate(queue, message_id)
-            except NotImplementedError as exc:  # a server that can look in part only
-                unavailable = exc
-                continue
-            if record is not None:
-                return self._message_info(queue, record)
-        if unavailable is not None:
-            raise unavailable
-        return None
-
-    async def workers(self) -> list[WorkerInfo]:
-        """Return the live workers of this broker, oldest first.
-
-        Every :class:`taskflow.Worker` registers when it starts and renews
-        its record at each heartbeat; a worker that stops is removed, one
-        that dies is gone once its record expires (two heartbeats).
-        """
-        await self.connect()
-        infos = []
-        for raw in await self._worker_records():
-            try:
-                infos.append(worker_info(decode_record(raw)))
-            except msgspec.DecodeError:
-                continue
-        return sorted(infos, key=lambda w: (w.started_at, w.id))
-
-    def _message_info(self, queue: str, record: BrowseRecord) -> MessageInfo:
-        try:
-            message: Message[Any] | None = self.codec.decode(record.body)
-        except DecodeError:
-            message = None
-        return MessageInfo(
-            id=record.id,
-            queue=queue,
-            message=message,
-            body=record.body,
-            state=record.state,
-            eta=when(record.eta),
-            delivery_count=record.delivery_count,
-            lease_owner=record.lease_owner,
-            lease_expires_at=when(record.lease_expires_at),
-            reason=record.reason,
-            dead_at=when(record.dead_at),
-        )
-
-    async def known_queues(self) -> list[str]:
-        """Queues the server knows of, with the declared actors' queues."""
-        await self.connect()
-        return sorted(set(await self._known_queues()) | set(self.queues))
 
     # -- results ------------------------------------------------------------
 

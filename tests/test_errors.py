@@ -16,7 +16,14 @@ from taskflow.middleware import Retries
 
 # Signals that never leave their module: the CLI's one-line error and the
 # retry helper's give-up marker.
-_LOCAL = {"taskflow.cli.errors.CliError", "taskflow._retrying.GaveUp"}
+# Private signals that never reach users: the CLI's one-line error, the retry
+# helper's give-up, and the Redis transport's "WAIT fell short" (retried as an
+# outage until send_timeout, then BrokerUnavailable).
+_LOCAL = {
+    "taskflow.cli.errors.CliError",
+    "taskflow._retrying.GaveUp",
+    "taskflow.brokers.redis._connection.NotReplicated",
+}
 _OPTIONAL_DRIVERS = ("taskflow.integrations", "taskflow.middleware.opentelemetry")
 
 

@@ -103,7 +103,8 @@ _SETTLING = {"ack", "nack", "dead_letter", "retry", "requeue", "defer"}
 # transports themselves.
 _SETTLERS = {
     "taskflow.worker": {"_settle"},
-    "taskflow.broker": {"ack", "nack", "retry", "requeue", "defer", "_accept"},
+    "taskflow._delivery": {"ack", "nack", "retry", "requeue", "defer"},
+    "taskflow.broker": {"_accept"},
     "taskflow._transport": {"defer"},
 }
 
