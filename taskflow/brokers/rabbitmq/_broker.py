@@ -14,6 +14,7 @@ Where each job lives:
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import socket
@@ -24,6 +25,7 @@ from urllib.parse import urlsplit
 import anyio
 
 from taskflow._inspection import BrowseRecord, State
+from taskflow._time import seconds
 from taskflow._transport import DeadRecord, Envelope, QueueStats, Receipt
 from taskflow._urls import mask_url
 from taskflow.broker import Broker
@@ -31,9 +33,10 @@ from taskflow.brokers.rabbitmq._connection import FATAL, TRANSIENT, Link
 from taskflow.brokers.rabbitmq._consumer import Consumer, Deliveries, Plumbing
 from taskflow.brokers.rabbitmq._control import CancelFanout
 from taskflow.brokers.rabbitmq._inspect import UNBROWSABLE, Inspector
+from taskflow.brokers.rabbitmq._management import Management, management_url
 from taskflow.brokers.rabbitmq._publisher import Publisher
 from taskflow.brokers.rabbitmq._topology import Declarer, QueueType, Topology
-from taskflow.errors import BrokerError, BrokerUnavailable
+from taskflow.errors import BrokerError, BrokerUnavailable, JoinTimeout
 
 #: Seconds a schedule's last fire time is kept in the result backend.
 _LAST_TTL = 30 * 24 * 3600.0
@@ -113,11 +116,24 @@ class RabbitMQBroker(Broker):
     * **Stats** come from passive queue declarations, read in the order
       messages flow: ``ready`` is the main queue's message count,
       ``delayed`` the sum over its delay queues. RabbitMQ does not report
-      unacked counts over AMQP, so ``in_flight`` counts the deliveries *this
-      process* holds; ``join`` in a process that does not consume only waits
-      for ready and delayed messages. With quorum queues a message moving
-      from one queue to the next is briefly counted nowhere, so an empty
-      reading is taken a second time 100 ms later.
+      unacked counts over AMQP. When every consumer of the queue is in this
+      process (the declare's consumer count says so), ``in_flight`` is the
+      deliveries it holds, exactly. Otherwise (a producer, the CLI, a web
+      app) it is the management API's ``messages_unacknowledged``, and
+      ``join`` does not trust a zero until it is fresh: the figures lag by
+      up to two ``collect_statistics_interval`` (5 s by default; a new
+      queue has none for a few seconds, a queue with 4 unacked read 0 for
+      over 6 s here). A zero counts once the queue emitted it on going idle
+      (``idle_since``, server clock) after ready and delayed were first read
+      as 0 by passive declares (exact), or once every count has read 0 for
+      12 s. So ``join`` from a process that does not consume returns up to
+      about 12 s after the last ack; a consuming process that holds every
+      consumer of the queue (the declare's consumer count) needs no
+      management reading and joins at once. Without the management plugin
+      (``management_url=False``, or unreachable: logged once) a process that
+      does not consume sees only ready and delayed messages. With quorum
+      queues a message moving from one queue to the next is briefly counted
+      nowhere, so an empty reading is taken a second time 100 ms later.
     * **Quorum queues on RabbitMQ 3.10** can drop acks that were sent just
       before their channel closed (the messages come back as redeliveries),
       so channels close, and the broker disconnects, only 0.5 s after the
@@ -145,6 +161,9 @@ class RabbitMQBroker(Broker):
         ssl_context: An ``ssl.SSLContext`` for ``amqps://`` (client
             certificates, a private CA).
         connection_name: Shown by ``rabbitmqctl list_connections``.
+        management_url: The management API (``http://user:pass@host:15672``,
+            ``?vhost=`` for another vhost); ``True`` (the default) derives it
+            from ``url``, ``False`` turns it off.
         **options: Passed to :class:`taskflow.Broker`.
     """
 
@@ -161,6 +180,7 @@ class RabbitMQBroker(Broker):
         reconnect_interval: float = 1.0,
         ssl_context: ssl.SSLContext | None = None,
         connection_name: str | None = None,
+        management_url: str | bool = True,
         **options: Any,
     ) -> None:
         if queue_type not in ("classic", "quorum"):
@@ -179,6 +199,7 @@ class RabbitMQBroker(Broker):
         self.send_timeout = send_timeout
         self.reconnect_interval = reconnect_interval
         self.ssl_context = ssl_context
+        self.management_url = management_url
         self.connection_name = (
             connection_name or f"taskflow {socket.gethostname()} pid {os.getpid()}"
         )
@@ -205,8 +226,15 @@ class RabbitMQBroker(Broker):
             confirm_delivery=self.confirm_delivery,
         )
         self._deliveries = Deliveries(self.queue_type)
+        url = self.management_url
+        management = Management(management_url(self.url) if url is True else url) if url else None
         self._inspector = Inspector(
-            self._link, self._declarer, self._publisher, self._deliveries, self.queue_type
+            self._link,
+            self._declarer,
+            self._publisher,
+            self._deliveries,
+            self.queue_type,
+            management,
         )
         self._plumbing = Plumbing(self._link, self._declarer, self._publisher, self._deliveries)
         self._checked_timeouts: set[str] = set()
@@ -308,6 +336,19 @@ class RabbitMQBroker(Broker):
 
     async def _stats(self, queue: str) -> QueueStats:
         return await self._inspector.stats(queue)
+
+    async def join(self, queue: str, *, timeout: float | dt.timedelta | None = None) -> None:
+        """Wait until ``queue`` has nothing ready, delayed or unacked in any process.
+
+        Raises:
+            JoinTimeout: ``timeout`` seconds passed first.
+        """
+        limit = None if timeout is None else seconds(timeout)
+        await self.connect()
+        with anyio.move_on_after(limit) as scope:
+            await self._inspector.drain(queue)
+        if scope.cancelled_caught:
+            raise JoinTimeout(f"queue {queue!r} did not drain within {limit} s")
 
     async def _dead_letters(self, queue: str, limit: int) -> list[DeadRecord]:
         return await self._inspector.dead_letters(queue, limit)

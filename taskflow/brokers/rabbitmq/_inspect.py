@@ -8,6 +8,8 @@ moving along is seen at least once. Dead letters are read with
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import anyio
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
 
     from taskflow.brokers.rabbitmq._connection import Link
     from taskflow.brokers.rabbitmq._consumer import Deliveries
+    from taskflow.brokers.rabbitmq._management import Management, Reading
     from taskflow.brokers.rabbitmq._publisher import Publisher
     from taskflow.brokers.rabbitmq._topology import Declarer, QueueNames, QueueType
 
@@ -31,6 +34,24 @@ UNBROWSABLE = (
     "RabbitMQ cannot list {state} messages without consuming them; only messages "
     "in flight in this process are listed"
 )
+# Two statistics intervals (5 s each by default) and a margin: past this, a
+# management reading that never became fresh is taken as it is.
+STATS_LAG = 12.0
+
+
+@dataclass(frozen=True)
+class View:
+    """How the last count of a queue's in-flight messages was made."""
+
+    exact: bool  # every consumer of the queue is in this process (or no API to ask)
+    reading: Reading | None
+
+
+def fresh(reading: Reading | None, since: float | None) -> bool:
+    """Whether ``reading`` was emitted after the server time ``since`` (whole seconds)."""
+    if reading is None or reading.idle_since is None or since is None:
+        return False
+    return reading.idle_since >= since + 1
 
 
 class Inspector:
@@ -43,12 +64,15 @@ class Inspector:
         publisher: Publisher,
         deliveries: Deliveries,
         queue_type: QueueType,
+        management: Management | None = None,
     ) -> None:
         self.link = link
         self.declarer = declarer
         self.publisher = publisher
         self.deliveries = deliveries
         self.queue_type = queue_type
+        self.management = management
+        self.views: dict[str, View] = {}
 
     async def stats(self, queue: str) -> QueueStats:
         """Ready, delayed, in-flight and dead counts of ``queue``."""
@@ -66,20 +90,63 @@ class Inspector:
         before = self.deliveries.in_flight(queue)
         order = (names.dead, *reversed(names.delays), names.main)
 
-        async def read(channel: AbstractChannel) -> list[int]:
-            return [
-                (await channel.queue_declare(name, passive=True)).message_count or 0
-                for name in order
-            ]
+        async def read(channel: AbstractChannel) -> list[tuple[int, int]]:
+            replies = [await channel.queue_declare(name, passive=True) for name in order]
+            return [(r.message_count or 0, r.consumer_count or 0) for r in replies]
 
         counts = await self.link.call(read, "read queue counts")
-        dead, ready, delayed = counts[0], counts[-1], sum(counts[1:-1])
+        dead, ready = counts[0][0], counts[-1][0]
+        delayed = sum(count for count, _ in counts[1:-1])
         if ready == 0 and delayed == 0 and before == 0:
             # Deliveries dispatched before the count above may still be on
             # the wire to a consumer of this process: a round trip on each
             # consumer's channel brings them in first.
             await self.deliveries.barrier(queue)
-        return QueueStats(ready, delayed, max(before, self.deliveries.in_flight(queue)), dead)
+        in_flight = max(before, self.deliveries.in_flight(queue))
+        view = await self._view(queue, names.main, counts[-1][1])
+        self.views[queue] = view
+        if view.reading is not None:
+            in_flight = max(in_flight, view.reading.unacked)
+        return QueueStats(ready, delayed, in_flight, dead)
+
+    async def _view(self, queue: str, main: str, consumers: int) -> View:
+        local = len(self.deliveries.consumers.get(queue, ()))
+        if self.management is None or (local and local == consumers):
+            return View(exact=True, reading=None)
+        reading = await self.management.read(main)
+        return View(exact=not self.management.reachable, reading=reading)
+
+    async def drain(self, queue: str) -> None:
+        """Return once ``queue`` has nothing ready, delayed or unacked anywhere.
+
+        When another process consumes, its unacked count is known only from
+        the management API's statistics, which lag: a zero counts once the
+        queue emitted it on going idle after ready and delayed were first
+        read as 0 (so after every delivery then running was settled), or
+        after ``STATS_LAG`` seconds of zeros, for a queue that stays idle.
+        """
+        interval = 0.005
+        empty_since: float | None = None  # server clock: ready and delayed first read 0
+        zero_since: float | None = None  # monotonic: everything first read 0
+        while True:
+            s = await self.stats(queue)
+            view = self.views.get(queue, View(exact=True, reading=None))
+            if s.ready or s.delayed:
+                empty_since = zero_since = None
+            elif empty_since is None and view.reading is not None:
+                empty_since = view.reading.server_now
+            if s.ready or s.delayed or s.in_flight:
+                zero_since = None
+            elif view.exact:
+                return
+            else:
+                zero_since = time.monotonic() if zero_since is None else zero_since
+                if fresh(view.reading, empty_since):
+                    return
+                if time.monotonic() - zero_since >= STATS_LAG:
+                    return
+            await anyio.sleep(interval)
+            interval = min(interval * 1.5, 0.1)
 
     async def dead_letters(self, queue: str, limit: int) -> list[DeadRecord]:
         """Up to ``limit`` dead letters, oldest first, left in place."""
