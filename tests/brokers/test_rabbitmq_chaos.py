@@ -179,7 +179,7 @@ async def test_worker_tree_under_kills_and_dropped_connections_loses_nothing(
     # Then what the stopped tree had not run is handed back, and a new worker runs it
     scenario.worker("--concurrency", "50")
     await scenario.until(lambda: set(chaos.sent) <= done_ids(scenario), 30, "everything")
-    await scenario.producer.join(QUEUE, timeout=20)
+    await scenario.producer.join(QUEUE, timeout=40)
     check(chaos, scenario.rows())
     assert await scenario.producer.stats(QUEUE) == (0, 0, 0, 0)
     main = scenario.producer._declarer.topology.names(QUEUE).main

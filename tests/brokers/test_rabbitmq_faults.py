@@ -241,7 +241,7 @@ async def _drain_exactly_once(
         return len(tallies(ledger)) >= count
 
     await scenario.until(all_ran, timeout, "every message ran")
-    await scenario.producer.join(QUEUE, timeout=20)
+    await scenario.producer.join(QUEUE, timeout=40)
     runs = tallies(ledger)
     assert set(runs) == ids  # lost = 0
     twice = sum(runs.values()) - count
@@ -287,7 +287,7 @@ async def test_sigkill_mid_task_loses_nothing(scenario: Scenario) -> None:
     for mid in unfinished:  # every orphan came back, counted as a redelivery
         reruns = [r for r in by_id(scenario.rows(), "start")[mid] if r.at > killed_at]
         assert reruns and all(r.deliveries >= 2 for r in reruns)
-    await scenario.producer.join(QUEUE, timeout=20)
+    await scenario.producer.join(QUEUE, timeout=40)
     assert await scenario.producer.stats(QUEUE) == (0, 0, 0, 0)
 
 
@@ -346,7 +346,7 @@ async def test_sigterm_past_grace_requeues_then_sigkill(scenario: Scenario) -> N
     assert a.process.poll() is None
     a.kill()
     assert await a.wait(5) == -signal.SIGKILL
-    await scenario.producer.join(QUEUE, timeout=20)
+    await scenario.producer.join(QUEUE, timeout=40)
     assert await scenario.producer.stats(QUEUE) == (0, 0, 0, 0)
     starts = by_id(scenario.rows(), "start")
     assert all(sorted(r.deliveries for r in starts[i]) == [1, 2] for i in ids)  # ≤ 2 runs
@@ -396,7 +396,7 @@ async def test_connection_drop_while_workers_run(scenario: Scenario) -> None:
     starts = by_id(scenario.rows(), "start")
     for i, m in enumerate(delayed):  # never early
         assert min(r.at for r in starts[m.id]) >= sent_at + 1.0 + i / 10 - 0.05
-    await scenario.producer.join(QUEUE, timeout=20)
+    await scenario.producer.join(QUEUE, timeout=40)
     assert await scenario.producer.stats(QUEUE) == (0, 0, 0, 0)
     for w in workers:
         assert w.process.poll() is None  # nobody had to restart
@@ -469,7 +469,7 @@ async def test_worker_killing_message_is_dead_lettered_after_max_deliveries(
         [dead] = await scenario.producer.dead_letters(QUEUE)
         assert dead.id == poison.id and dead.reason.startswith("delivery_limit_exceeded")
         assert scenario.done() == Counter({m.id: 1 for m in good + more})
-        await scenario.producer.join(QUEUE, timeout=20)
+        await scenario.producer.join(QUEUE, timeout=40)
 
 
 # -- S11, S12, S13, S19: bad input -----------------------------------------------------
@@ -547,7 +547,7 @@ async def test_duplicates_are_visible_and_bounded(scenario: Scenario) -> None:
     runs = sorted(r.deliveries for r in scenario.rows() if r.id == crasher.id)
     assert runs == [1, 2]  # exactly one duplicate, flagged as a redelivery
     assert worker.log().count("restarting it") == 1
-    await scenario.producer.join(QUEUE, timeout=20)
+    await scenario.producer.join(QUEUE, timeout=40)
     assert await scenario.producer.stats(QUEUE) == (0, 0, 0, 0)
     assert len(scenario.rows()) == 4  # two runs of each, nothing else
 
