@@ -129,7 +129,9 @@ class RabbitMQBroker(Broker):
       12 s. So ``join`` from a process that does not consume returns up to
       about 12 s after the last ack; a consuming process that holds every
       consumer of the queue (the declare's consumer count) needs no
-      management reading and joins at once. Without the management plugin
+      management reading and joins at once; so does any process while the
+      queue has no consumer at all (a worker that has cancelled its
+      consumer and is finishing its last messages is then not counted). Without the management plugin
       (``management_url=False``, or unreachable: logged once) a process that
       does not consume sees only ready and delayed messages. With quorum
       queues a message moving from one queue to the next is briefly counted

@@ -111,7 +111,7 @@ class Inspector:
 
     async def _view(self, queue: str, main: str, consumers: int) -> View:
         local = len(self.deliveries.consumers.get(queue, ()))
-        if self.management is None or (local and local == consumers):
+        if self.management is None or local == consumers:
             return View(exact=True, reading=None)
         reading = await self.management.read(main)
         return View(exact=not self.management.reachable, reading=reading)
