@@ -57,7 +57,6 @@ import asyncio
 import datetime as dt
 import functools
 import logging
-import math
 import os
 import secrets
 import socket
@@ -87,10 +86,11 @@ from taskflow.brokers.redis._connection import (
 )
 from taskflow.brokers.redis._keeper import Keeper, LeaseTable
 from taskflow.brokers.redis._keys import Keys
+from taskflow.brokers.redis._queue import CHUNK, Quarantine, Queue, RedisReceipt, to_ms
 from taskflow.brokers.redis._results import RedisResults
 from taskflow.brokers.redis._sending import Sender
-from taskflow.brokers.redis._settle import Item, Op, Settler
-from taskflow.errors import BrokerError, BrokerUnavailable, LeaseLost
+from taskflow.brokers.redis._settle import Item
+from taskflow.errors import BrokerError, BrokerUnavailable
 from taskflow.results import store_refusal
 
 if TYPE_CHECKING:
@@ -102,7 +102,6 @@ logger = logging.getLogger("taskflow.brokers.redis")
 
 T = TypeVar("T")
 
-_CHUNK = 1000
 _SCRIPTS = {
     "enqueue": _scripts.ENQUEUE,
     "fetch": _scripts.FETCH,
@@ -113,11 +112,6 @@ _SCRIPTS = {
     "purge": _scripts.PURGE,
     "purge_dead": _scripts.PURGE_DEAD,
     **_inspect.SCRIPTS,
-}
-_WHY = {
-    _scripts.OWNED_BY_OTHER: "another consumer holds it now",
-    _scripts.NOT_OWNED: "it went back to the queue",
-    _scripts.GONE: "it was settled by another consumer",
 }
 
 
@@ -147,10 +141,6 @@ return redis.call('DEL', KEYS[1])
 
 def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-
-
-def _ms(value: float) -> int:
-    return math.ceil(value * 1000) if value > 0 else 0
 
 
 class RedisBroker(Broker):
@@ -248,7 +238,7 @@ class RedisBroker(Broker):
         self._client: redis.asyncio.Redis | None = None
         self._blocking: redis.asyncio.Redis | None = None
         self._scripts: dict[str, AsyncScript] = {}
-        self._queues: dict[str, _Queue] = {}
+        self._queues: dict[str, Queue] = {}
         self._tables: dict[str, LeaseTable] = {}
         self._keeper: Keeper | None = None
         self._consumer_id = ""
@@ -371,13 +361,13 @@ class RedisBroker(Broker):
         self._queues = {}
         self._tables = {}
 
-    def _queue(self, name: str) -> _Queue:
+    def _queue(self, name: str) -> Queue:
         q = self._queues.get(name)
         if q is None:
             table = self._tables.get(name)
             if table is None:
                 table = self._tables[name] = LeaseTable(name, self._keys.queue(name))
-            q = self._queues[name] = _Queue(self, name, table)
+            q = self._queues[name] = Queue(self, name, table)
         return q
 
     async def _retrying(
@@ -436,7 +426,7 @@ class RedisBroker(Broker):
     # -- producing ----------------------------------------------------------
 
     async def _enqueue(self, queue: str, envelopes: Sequence[Envelope]) -> None:
-        if len(envelopes) >= _CHUNK:
+        if len(envelopes) >= CHUNK:
             await self._store(queue, envelopes)
             return
         sender = self._senders.get(queue)
@@ -452,12 +442,12 @@ class RedisBroker(Broker):
                 queue,
                 _scripts.pack(
                     [
-                        (e.id, _scripts.raw_str(e.body), e.priority, _ms(e.delay))
-                        for e in envelopes[start : start + _CHUNK]
+                        (e.id, _scripts.raw_str(e.body), e.priority, to_ms(e.delay))
+                        for e in envelopes[start : start + CHUNK]
                     ]
                 ),
             ]
-            for start in range(0, len(envelopes), _CHUNK)
+            for start in range(0, len(envelopes), CHUNK)
         ]
         await self._retrying("send", lambda: self._send_chunks(keys, chunks))
 
@@ -474,7 +464,7 @@ class RedisBroker(Broker):
                     pipe.evalsha(sha, len(keys), *keys, *args)
                 if self.wait_replicas:
                     # WAIT counts the writes of its own connection: same pipeline.
-                    wait_ms = max(1, _ms(min(1.0, self.socket_timeout / 2)))
+                    wait_ms = max(1, to_ms(min(1.0, self.socket_timeout / 2)))
                     pipe.execute_command("WAIT", self.wait_replicas, wait_ms)
                 try:
                     answers = await pipe.execute()
@@ -505,10 +495,10 @@ class RedisBroker(Broker):
             client_options=self._client_options(),
             keys=self._keys,
             tables=self._tables,
-            lease_ms=_ms(self.visibility_timeout),
+            lease_ms=to_ms(self.visibility_timeout),
             heartbeat_interval=self.heartbeat_interval,
             reaper_interval=self.reaper_interval,
-            dead_letter_ttl_ms=_ms(self.dead_letter_ttl),
+            dead_letter_ttl_ms=to_ms(self.dead_letter_ttl),
             where=self._where,
         )
         self._keeper.start(asyncio.get_running_loop())
@@ -519,7 +509,7 @@ class RedisBroker(Broker):
         q = self._queue(queue)
         self._start_keeper()
         outage = self._outage(f"consumer of {queue}")
-        batch: deque[_RedisReceipt] = deque()
+        batch: deque[RedisReceipt] = deque()
         try:
             while True:
                 while batch:
@@ -550,7 +540,7 @@ class RedisBroker(Broker):
                 with anyio.CancelScope(shield=True), anyio.move_on_after(self.socket_timeout):
                     await q.hand_back(list(batch))
 
-    async def _sit_out(self, q: _Queue) -> None:
+    async def _sit_out(self, q: Queue) -> None:
         """Fetch nothing while this consumer runs a group of suspects, so they run apart.
 
         Bounded by a lease: a suspect still running after it has had its
@@ -562,16 +552,16 @@ class RedisBroker(Broker):
                 await quarantine.settled.wait()
             q.quarantine = None
 
-    async def _fetch(self, q: _Queue, prefetch: int) -> tuple[int, list[_RedisReceipt]]:
+    async def _fetch(self, q: Queue, prefetch: int) -> tuple[int, list[RedisReceipt]]:
         self._fetches += 1
         token = f"{self._consumer_id}:{self._fetches}"
         wait_ms, items, suspects = await self._script(
             "fetch",
             q.keys,
             [
-                min(prefetch, _CHUNK),
+                min(prefetch, CHUNK),
                 token,
-                _ms(self.visibility_timeout),
+                to_ms(self.visibility_timeout),
                 self.max_message_size + GROWTH_ALLOWANCE,
                 self.max_deliveries,
             ],
@@ -590,9 +580,9 @@ class RedisBroker(Broker):
                 reason = f"too_large: {body} bytes over the limit of {self.max_message_size}"
                 await store_refusal(self.results, message_id, reason)
                 continue
-            receipts.append(_RedisReceipt(q, rid, token, body, count))
+            receipts.append(RedisReceipt(q, rid, token, body, count))
         if suspects and receipts:
-            q.quarantine = _Quarantine(receipts)
+            q.quarantine = Quarantine(receipts)
             logger.warning(
                 "running %d message(s) of queue %s apart from other work: each was running "
                 "when a worker died (suspects)",
@@ -602,7 +592,7 @@ class RedisBroker(Broker):
         q.leases.add(receipts)
         return int(wait_ms), receipts
 
-    async def _wait(self, q: _Queue, wait_ms: int) -> None:
+    async def _wait(self, q: Queue, wait_ms: int) -> None:
         """Block until the queue is notified, the next delayed message is due, or a while."""
         timeout = self.idle_timeout if wait_ms < 0 else min(self.idle_timeout, wait_ms / 1000)
         if timeout <= 0:
@@ -615,7 +605,7 @@ class RedisBroker(Broker):
     async def _stats(self, queue: str) -> QueueStats:
         keys = self._keys.queue(queue)
         ready, delayed, in_flight, dead = await self._retrying(
-            "stats", lambda: self._script("stats", keys, [_ms(self.dead_letter_ttl)])
+            "stats", lambda: self._script("stats", keys, [to_ms(self.dead_letter_ttl)])
         )
         return QueueStats(ready, delayed, in_flight, dead)
 
@@ -623,7 +613,7 @@ class RedisBroker(Broker):
         keys = self._keys.queue(queue)
         items = await self._retrying(
             "dead_letters",
-            lambda: self._script("dead_letters", keys, [_ms(self.dead_letter_ttl), limit]),
+            lambda: self._script("dead_letters", keys, [to_ms(self.dead_letter_ttl), limit]),
         )
         return [
             DeadRecord(
@@ -637,16 +627,16 @@ class RedisBroker(Broker):
 
     async def _requeue_dead(self, queue: str, ids: list[str] | None) -> int:
         keys = self._keys.queue(queue)
-        ttl = _ms(self.dead_letter_ttl)
+        ttl = to_ms(self.dead_letter_ttl)
         total = 0
         if ids is None:
             while n := await self._retrying(
-                "requeue_dead", lambda: self._script("requeue_dead", keys, [ttl, _CHUNK])
+                "requeue_dead", lambda: self._script("requeue_dead", keys, [ttl, CHUNK])
             ):
                 total += n
             return total
-        for start in range(0, len(ids), _CHUNK):
-            chunk = [ttl, _CHUNK, *ids[start : start + _CHUNK]]
+        for start in range(0, len(ids), CHUNK):
+            chunk = [ttl, CHUNK, *ids[start : start + CHUNK]]
             total += await self._retrying(
                 "requeue_dead", functools.partial(self._script, "requeue_dead", keys, chunk)
             )
@@ -655,7 +645,7 @@ class RedisBroker(Broker):
     async def _drain(self, what: str, queue: str) -> int:
         keys = self._keys.queue(queue)
         total = 0
-        while n := await self._retrying(what, lambda: self._script(what, keys, [_CHUNK])):
+        while n := await self._retrying(what, lambda: self._script(what, keys, [CHUNK])):
             total += n
         return total
 
@@ -668,18 +658,18 @@ class RedisBroker(Broker):
     async def _browse(
         self, queue: str, state: State, limit: int, offset: int
     ) -> list[BrowseRecord]:
-        keys, ttl = self._keys.queue(queue), _ms(self.dead_letter_ttl)
+        keys, ttl = self._keys.queue(queue), to_ms(self.dead_letter_ttl)
         args = [state, offset, limit, ttl]
         items = await self._retrying("browse", lambda: self._script("browse", keys, args))
         return _inspect.browsed(state, items)
 
     async def _locate(self, queue: str, message_id: str) -> BrowseRecord | None:
-        keys, args = self._keys.queue(queue), [message_id, _ms(self.dead_letter_ttl)]
+        keys, args = self._keys.queue(queue), [message_id, to_ms(self.dead_letter_ttl)]
         items = await self._retrying("locate", lambda: self._script("locate", keys, args))
         return _inspect.located(message_id, items)
 
     async def _register_worker(self, worker_id: str, record: bytes, ttl: float) -> None:
-        keys, args = self._keys.workers, [worker_id, record, _ms(ttl)]
+        keys, args = self._keys.workers, [worker_id, record, to_ms(ttl)]
         await self._retrying("heartbeat", lambda: self._script("register_worker", keys, args))
 
     async def _unregister_worker(self, worker_id: str) -> None:
@@ -707,7 +697,7 @@ class RedisBroker(Broker):
         client, name = self._client, self._keys.unique(key)
         holder = await self._retrying(
             "a unique claim",
-            lambda: client.eval(_UNIQUE_CLAIM, 1, name, message_id, max(_ms(ttl), 1)),
+            lambda: client.eval(_UNIQUE_CLAIM, 1, name, message_id, max(to_ms(ttl), 1)),
         )
         return None if holder is None else _text(holder)
 
@@ -716,7 +706,7 @@ class RedisBroker(Broker):
         client, name = self._client, self._keys.unique(key)
         await self._retrying(
             "a unique release",
-            lambda: client.eval(_UNIQUE_RELEASE, 1, name, message_id, _ms(ttl)),
+            lambda: client.eval(_UNIQUE_RELEASE, 1, name, message_id, to_ms(ttl)),
         )
 
     # -- cancellation ---------------------------------------------------------
@@ -748,7 +738,7 @@ class RedisBroker(Broker):
         keys = [self._keys.cron(schedule, ms), self._keys.cron_last(schedule)]
         claimed = await self._retrying(
             "a schedule claim",
-            lambda: client.eval(_CLAIM_FIRE, 2, *keys, ms, max(_ms(ttl) // 1000, 1)),
+            lambda: client.eval(_CLAIM_FIRE, 2, *keys, ms, max(to_ms(ttl) // 1000, 1)),
         )
         return bool(claimed)
 
@@ -762,7 +752,7 @@ class RedisBroker(Broker):
 
     # -- settling -----------------------------------------------------------
 
-    async def _settle(self, q: _Queue, items: Sequence[Item]) -> list[int]:
+    async def _settle(self, q: Queue, items: Sequence[Item]) -> list[int]:
         """Apply settlements in one script call, repeating it while Redis is unreachable.
 
         A repeat after a lost reply must not read the batch's own work as
@@ -772,134 +762,7 @@ class RedisBroker(Broker):
         """
         self._settles += 1
         keys = [*q.keys, self._keys.receipt(q.name, f"{self._consumer_id}:{self._settles}")]
-        args = [_scripts.pack(items), _ms(self.send_timeout) + 60_000]
+        args = [_scripts.pack(items), to_ms(self.send_timeout) + 60_000]
         return await self._retrying(
             "settling", lambda: self._script("settle", keys, args), q.outage
         )
-
-
-class _Queue:
-    """A queue as seen by this broker: its keys, its held leases and its settle batcher."""
-
-    def __init__(self, broker: RedisBroker, name: str, leases: LeaseTable) -> None:
-        self.broker = broker
-        self.name = name
-        self.keys = leases.keys
-        self.notify_key = broker._keys.notify(name)
-        self.leases = leases
-        self.settler = Settler(self._flush)
-        self.outage = broker._outage(f"settling on {name}")
-        #: The group of suspects this queue's consumer runs, if any.
-        self.quarantine: _Quarantine | None = None
-
-    async def _flush(self, items: Sequence[Item]) -> list[int]:
-        return await self.broker._settle(self, items)
-
-    async def settle(self, receipt: _RedisReceipt, op: Op, a: Any = "", b: int = 0) -> None:
-        self.leases.remove(receipt)
-        try:
-            status = await self.settler.submit((op, receipt.wid, receipt.token, a, b))
-        finally:
-            if receipt.quarantine is not None:
-                receipt.quarantine.release(receipt)
-        if status != _scripts.APPLIED:
-            raise LeaseLost(
-                f"{op.verb} of message {receipt.message_id} on queue {self.name} refused: "
-                f"its lease expired and {_WHY.get(status, 'it moved')}"
-            )
-
-    async def start(self, receipt: _RedisReceipt) -> bool:
-        """Record that the worker runs ``receipt`` now; False if its lease is gone.
-
-        Joins the queue's settle batch: one script call for every message
-        starting (and settling) in the same loop turn. If Redis cannot be
-        reached the message runs all the same; a crash then returns it as
-        fetched, not as a suspect.
-        """
-        try:
-            status = await self.settler.submit((Op.START, receipt.wid, receipt.token, "", 0))
-        except BrokerError as exc:
-            logger.warning("could not record the start of %s (%s)", receipt.message_id, exc)
-            return True
-        if status == _scripts.APPLIED and not receipt.lost:
-            return True
-        self.leases.remove(receipt)
-        if receipt.quarantine is not None:
-            receipt.quarantine.release(receipt)
-        logger.warning(
-            "lease_lost: message %s on queue %s was taken back before it started; not running it",
-            receipt.message_id,
-            self.name,
-        )
-        return False
-
-    async def hand_back(self, receipts: list[_RedisReceipt]) -> None:
-        """Return fetched but unstarted messages, without counting their delivery."""
-        for r in receipts:
-            self.leases.remove(r)
-            if r.quarantine is not None:
-                r.quarantine.release(r)
-        items: list[Item] = [(Op.HAND_BACK, r.wid, r.token, "", 0) for r in receipts if not r.lost]
-        try:
-            for start in range(0, len(items), _CHUNK):
-                await self.broker._settle(self, items[start : start + _CHUNK])
-        except BrokerError as exc:
-            logger.warning(
-                "could not hand back %d prefetched message(s) of %s (%s); "
-                "they return when their lease expires",
-                len(items),
-                self.name,
-                exc,
-            )
-
-
-class _Quarantine:
-    """A group of suspects fetched together; its consumer waits until all are settled."""
-
-    __slots__ = ("pending", "settled")
-
-    def __init__(self, receipts: list[_RedisReceipt]) -> None:
-        self.pending = {id(r) for r in receipts}
-        self.settled = anyio.Event()
-        for r in receipts:
-            r.quarantine = self
-
-    def release(self, receipt: _RedisReceipt) -> None:
-        self.pending.discard(id(receipt))
-        receipt.quarantine = None
-        if not self.pending:
-            self.settled.set()
-
-
-class _RedisReceipt(Receipt):
-    __slots__ = ("lost", "quarantine", "queue", "rid", "token", "wid")
-
-    def __init__(self, queue: _Queue, rid: bytes, token: str, body: bytes, count: int) -> None:
-        wid = _scripts.wire(rid)
-        super().__init__(
-            wid if isinstance(wid, str) else rid.decode("utf-8", "replace"), body, count
-        )
-        self.queue = queue
-        self.rid = rid
-        self.wid = wid
-        self.token = token
-        self.lost = False
-        self.quarantine: _Quarantine | None = None
-
-    async def ack(self) -> None:
-        await self.queue.settle(self, Op.ACK)
-
-    async def dead_letter(self, reason: str) -> None:
-        await self.queue.settle(self, Op.DEAD_LETTER, reason)
-
-    async def retry(self, body: bytes, delay: float) -> None:
-        await self.queue.settle(self, Op.RETRY, _scripts.raw_str(body), _ms(delay))
-
-    async def requeue(self) -> None:
-        await self.queue.settle(self, Op.REQUEUE)
-
-    async def defer(self, delay: float) -> None:
-        await self.queue.settle(self, Op.DEFER, "", _ms(delay))
-
-    async def start(self) -> bool:
-        return await self.queue.start(self)
